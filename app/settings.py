@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     worker_device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     embedded_worker: bool = Field(default=True, description="`memaudit serve` also runs a worker")
     max_top: int = 10_000
+    webhook_secret: str = Field(default="", description="HMAC-SHA256 key for webhook signatures")
+    webhook_max_attempts: int = Field(default=6, description="Deliveries per event before giving up")
     page_size_max: int = 1000
 
     @field_validator("visibility_timeout_s")
