@@ -1,0 +1,192 @@
+"""Feature spaces for nearest-neighbour distances (SPEC §3–5).
+
+Three kinds, all offline: raw pixels; a small autoencoder trained on the training set itself (seeded, a few
+epochs, so features are semantic-ish without downloading weights); and a user-supplied TorchScript feature
+extractor, loaded with ``torch.jit.load`` only (never unpickled). Every embedder maps images (N, C, H, W) to
+features (N, F) in float32 on its device, without gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from torch import nn
+
+EmbeddingKind = Literal["pixels", "autoencoder", "torchscript"]
+EMBEDDING_KINDS: tuple[EmbeddingKind, ...] = ("pixels", "autoencoder", "torchscript")
+EMBED_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """Which feature space to use; autoencoder fields only matter for ``kind="autoencoder"``."""
+
+    kind: EmbeddingKind = "pixels"
+    torchscript_path: str | None = None
+    latent_dim: int = 32
+    hidden_dim: int = 256
+    epochs: int = 8
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in EMBEDDING_KINDS:
+            known = ", ".join(EMBEDDING_KINDS)
+            raise ValueError(f"embedding: unknown kind {self.kind!r}; use one of {known}")
+        if self.kind == "torchscript" and not self.torchscript_path:
+            raise ValueError("embedding: kind 'torchscript' needs a path to a TorchScript file")
+        if self.latent_dim < 1 or self.hidden_dim < 1 or self.epochs < 0 or self.batch_size < 1:
+            raise ValueError("embedding: latent_dim, hidden_dim, batch_size must be >= 1 and epochs >= 0")
+
+    @staticmethod
+    def parse(spec: str, **overrides: int | float) -> EmbeddingConfig:
+        """``pixels`` | ``autoencoder`` | ``torchscript:PATH`` (the CLI's ``--embedding`` syntax)."""
+        if spec.startswith("torchscript:"):
+            return EmbeddingConfig(kind="torchscript", torchscript_path=spec.split(":", 1)[1], **overrides)  # type: ignore[arg-type]
+        if spec not in ("pixels", "autoencoder"):
+            raise ValueError(f"embedding: unknown kind {spec!r}; use pixels, autoencoder or torchscript:PATH")
+        return EmbeddingConfig(kind=spec, **overrides)  # type: ignore[arg-type]
+
+
+class Embedder(Protocol):
+    """Maps images to feature vectors."""
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, C, H, W) on the embedder's device -> features (N, F) float32."""
+        ...
+
+
+class PixelEmbedder:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1).float()
+
+
+class _MlpAutoencoder(nn.Module):
+    def __init__(self, input_dim: int, hidden_dim: int, latent_dim: int) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Linear(input_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, latent_dim)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, input_dim)
+        )
+
+    def forward(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(self.encoder(flat)))  # (N, D) in [0, 1]
+
+
+class ModuleEmbedder:
+    """Runs a feature module (the trained encoder or a TorchScript extractor) in eval mode, batched."""
+
+    def __init__(self, module: nn.Module | torch.jit.ScriptModule, flatten_input: bool) -> None:
+        self.module = module.eval()
+        self.flatten_input = flatten_input
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for start in range(0, images.shape[0], EMBED_BATCH):
+            batch = images[start : start + EMBED_BATCH].float()
+            if self.flatten_input:
+                batch = batch.flatten(1)
+            parts.append(self.module(batch).flatten(1).float())
+        if not parts:
+            return images.new_zeros((0, 0))
+        return torch.cat(parts)  # (N, F)
+
+
+def train_autoencoder(train_images: torch.Tensor, cfg: EmbeddingConfig) -> nn.Module:
+    """Fit an MLP autoencoder on the training images (values in [0, 1]); return its encoder.
+
+    Seeded and deterministic on a given device: the shuffling uses its own generator and the initial
+    weights come from ``cfg.seed``.
+    """
+    device = train_images.device
+    flat = train_images.flatten(1).float()  # (N, D)
+    torch.manual_seed(cfg.seed)
+    model = _MlpAutoencoder(flat.shape[1], cfg.hidden_dim, cfg.latent_dim).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    # Binary cross-entropy fits [0, 1] pixels and trains faster than MSE on mostly-dark digits.
+    loss_fn = nn.BCELoss()
+    for _epoch in range(cfg.epochs):
+        order = torch.randperm(flat.shape[0], generator=order_gen).to(device)
+        for start in range(0, flat.shape[0], cfg.batch_size):
+            batch = flat[order[start : start + cfg.batch_size]]
+            loss = loss_fn(model(batch), batch.clamp(0.0, 1.0))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+    return model.encoder
+
+
+def load_torchscript(path: str, device: torch.device | str, what: str) -> torch.jit.ScriptModule:
+    """Load a TorchScript module, with a clear error when the file is not one. Never unpickles."""
+    try:
+        module = torch.jit.load(path, map_location=device)
+    except FileNotFoundError as error:
+        raise ValueError(f"{what}: file not found: {path}") from error
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(
+            f"{what}: {path} is not a TorchScript file (save it with torch.jit.script/trace and .save)"
+        ) from error
+    return module
+
+
+def check_feature_output(embedder: Embedder, probe: torch.Tensor, what: str) -> int:
+    """Run the embedder on a few images and check it returns finite (batch, F) features; return F."""
+    try:
+        features = embedder.embed(probe)
+    except ValueError:
+        raise
+    except Exception as error:  # a user's module can fail in any way; report it, don't crash
+        shape = tuple(probe.shape)
+        raise ValueError(f"{what}: calling it on images of shape {shape} failed: {error}") from error
+    if features.shape[1] == 0 or not torch.isfinite(features).all():
+        raise ValueError(f"{what}: features must be non-empty and finite")
+    return int(features.shape[1])
+
+
+def build_embedder(cfg: EmbeddingConfig, train_images: torch.Tensor) -> Embedder:
+    """The embedder described by ``cfg``, on the device of ``train_images`` (N, C, H, W)."""
+    if cfg.kind == "pixels":
+        return PixelEmbedder()
+    if cfg.kind == "autoencoder":
+        return ModuleEmbedder(train_autoencoder(train_images, cfg), flatten_input=True)
+    assert cfg.torchscript_path is not None
+    what = "embedding torchscript"
+    module = load_torchscript(cfg.torchscript_path, train_images.device, what)
+    embedder = _TorchScriptEmbedder(module, what)
+    check_feature_output(embedder, train_images[: min(2, train_images.shape[0])], what)
+    return embedder
+
+
+class _TorchScriptEmbedder(ModuleEmbedder):
+    """A user's extractor: its raw output must already be (batch, F); anything else is reported."""
+
+    def __init__(self, module: torch.jit.ScriptModule, what: str) -> None:
+        super().__init__(module, flatten_input=False)
+        self.what = what
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for start in range(0, images.shape[0], EMBED_BATCH):
+            batch = images[start : start + EMBED_BATCH].float()
+            out = self.module(batch)
+            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != batch.shape[0]:
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(
+                    f"{self.what}: expected features of shape (batch, F) = ({batch.shape[0]}, F) "
+                    f"for input {tuple(batch.shape)}, got {shape}"
+                )
+            parts.append(out.float())
+        return torch.cat(parts)  # (N, F)
+
+
+def embed_all(embedder: Embedder, *image_sets: torch.Tensor) -> list[torch.Tensor]:
+    """Embed several image sets with the same embedder (features (N_i, F) each)."""
+    return [embedder.embed(images) for images in image_sets]
