@@ -1,0 +1,182 @@
+"""Readers for the dataset file formats: .npy, .npz and a folder of PNG images.
+
+Nothing is ever unpickled: .npy headers are parsed and object dtypes refused before any data is read.
+Sizes are checked before decompressing or allocating: an .npz member's declared size (zip directory) and
+its array header must both fit ``max_bytes``, so a decompression bomb is refused after reading a few
+hundred bytes. Every failure is a :class:`~models.imageset.DataError`, never a raw traceback.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+from models.imageset import DataError
+
+PNG_SUFFIX = ".png"
+
+
+def read_npy(path: Path, *, max_bytes: int, field: str) -> np.ndarray:
+    """The array of an .npy file, refusing object dtypes, oversize and truncated files."""
+    file_size = _nonempty_size(path, field)
+    try:
+        with path.open("rb") as stream:
+            return _read_array(stream, available=file_size, max_bytes=max_bytes, field=field, what=path.name)
+    except OSError as error:
+        raise DataError(field, f"{path.name}: cannot read the file ({error.strerror or error})") from error
+
+
+def read_npz(path: Path, *, max_bytes: int, field: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, labels or None) from an .npz archive with key ``images`` and optional ``labels``."""
+    _nonempty_size(path, field)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise DataError(field, f"{path.name}: not a readable .npz (zip) archive") from error
+    with archive:
+        members = {info.filename: info for info in archive.infolist()}
+        if "images.npy" not in members:
+            keys = ", ".join(sorted(name.removesuffix(".npy") for name in members)) or "none"
+            raise DataError(field, f"{path.name}: no array named 'images' in the archive (found: {keys})")
+        budget = max_bytes
+        images = _read_member(archive, members["images.npy"], budget, field, path.name)
+        labels = None
+        if "labels.npy" in members:
+            budget -= images.nbytes
+            labels = _read_member(archive, members["labels.npy"], budget, f"{field}.labels", path.name)
+    return images, labels
+
+
+def read_png_folder(folder: Path, *, max_bytes: int, field: str, confine_to: Path | None) -> np.ndarray:
+    """A folder of same-sized PNG images, sorted by file name, as (N, H, W) or (N, H, W, 3) uint8."""
+    paths = sorted((p for p in folder.iterdir() if p.suffix.lower() == PNG_SUFFIX), key=lambda p: p.name)
+    if not paths:
+        raise DataError(field, f"{folder.name}: the folder holds no .png images")
+    arrays: list[np.ndarray] = []
+    total = 0
+    for png in paths:
+        if confine_to is not None:
+            ensure_inside(png, confine_to, field)
+        array = _read_png(png, max_bytes - total, field)
+        if arrays and array.shape != arrays[0].shape:
+            raise DataError(
+                field,
+                f"{png.name}: image shaped {array.shape} differs from {paths[0].name} {arrays[0].shape}; "
+                "all images must have the same size and colour mode",
+            )
+        total += array.nbytes
+        arrays.append(array)
+    return np.stack(arrays)
+
+
+def ensure_inside(path: Path, root: Path, field: str) -> Path:
+    """The resolved path (symlinks followed), refusing anything outside ``root``."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise DataError(field, "path is outside the data root")
+    return resolved
+
+
+def _nonempty_size(path: Path, field: str) -> int:
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise DataError(field, f"{path.name}: cannot read the file ({error.strerror or error})") from error
+    if size == 0:
+        raise DataError(field, f"{path.name}: the file is empty")
+    return size
+
+
+def _read_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, field: str, what: str
+) -> np.ndarray:
+    label = f"{what}:{info.filename}"
+    if info.file_size > budget:
+        raise DataError(
+            field, f"{label}: uncompressed size {info.file_size} bytes exceeds the limit of {budget}"
+        )
+    try:
+        with archive.open(info) as stream:
+            array = _read_array(stream, available=info.file_size, max_bytes=budget, field=field, what=label)
+            if stream.read(1):  # also makes zipfile verify the CRC of the whole member
+                raise DataError(field, f"{label}: unexpected bytes after the array data")
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(field, f"{label}: the archive member is corrupt ({error})") from error
+    return array
+
+
+def _read_array(stream: IO[bytes], *, available: int, max_bytes: int, field: str, what: str) -> np.ndarray:
+    """Parse an .npy header from ``stream`` and read exactly the data it declares."""
+    shape, fortran_order, dtype = _read_header(stream, field, what)
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise DataError(field, f"{what}: element type {dtype} is not allowed (numbers only, never objects)")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    data_bytes = count * dtype.itemsize
+    if data_bytes > max_bytes:
+        raise DataError(field, f"{what}: the array needs {data_bytes} bytes, over the limit of {max_bytes}")
+    if data_bytes > available:
+        raise DataError(
+            field, f"{what}: the header declares {data_bytes} bytes of data but the file is smaller"
+        )
+    raw = stream.read(data_bytes)
+    if len(raw) != data_bytes:
+        raise DataError(field, f"{what}: the file is truncated ({len(raw)} of {data_bytes} data bytes)")
+    flat = np.frombuffer(raw, dtype=dtype, count=count)
+    return flat.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _read_header(
+    stream: IO[bytes], field: str, what: str
+) -> tuple[tuple[int, ...], bool, np.dtype[np.generic]]:
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = npy_format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = npy_format.read_array_header_2_0(stream)
+        else:
+            raise DataError(field, f"{what}: unsupported .npy format version {version}")
+    except DataError:
+        raise
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as error:
+        raise DataError(field, f"{what}: not a valid .npy array ({error})") from error
+    return tuple(int(s) for s in shape), bool(fortran_order), np.dtype(dtype)
+
+
+def _read_png(path: Path, budget: int, field: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError  # Pillow only where PNG folders are read
+
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                raise DataError(field, f"{path.name}: not a PNG image")
+            width, height = image.size
+            channels = 1 if image.mode in ("L", "1") else 3
+            if width * height * channels > budget:
+                raise DataError(
+                    field, f"{path.name}: the decoded images exceed the limit on uncompressed size"
+                )
+            return _png_pixels(image, path.name, field)
+    except DataError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
+        raise DataError(field, f"{path.name}: cannot decode the PNG image ({error})") from error
+
+
+def _png_pixels(image: object, name: str, field: str) -> np.ndarray:
+    from PIL import Image
+
+    assert isinstance(image, Image.Image)
+    if image.mode in ("L", "1"):
+        return np.asarray(image.convert("L"), dtype=np.uint8)  # (H, W)
+    if image.mode in ("RGB", "P"):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+    raise DataError(
+        field, f"{name}: colour mode {image.mode} is not supported (use 8-bit grayscale or RGB without alpha)"
+    )
