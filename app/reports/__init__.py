@@ -1,0 +1,27 @@
+"""Self-contained HTML reports of an audit: inline SVG charts and base64 PNG images, no scripts."""
+
+from app.reports.model import (
+    CopiedSample,
+    EpochQuantiles,
+    GanSection,
+    LossCurves,
+    Neighbour,
+    ReportData,
+    RhoScatter,
+    SampleEntry,
+    TauRow,
+)
+from app.reports.render import render_report
+
+__all__ = [
+    "CopiedSample",
+    "EpochQuantiles",
+    "GanSection",
+    "LossCurves",
+    "Neighbour",
+    "ReportData",
+    "RhoScatter",
+    "SampleEntry",
+    "TauRow",
+    "render_report",
+]
