@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks that take ids, call the science core and write results to the DB."""

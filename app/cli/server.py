@@ -1,10 +1,115 @@
-"""Sub-commands (placeholder until implemented)."""
+"""`memaudit serve | worker | migrate | keys | demo`: running the service itself."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
 from typing import Any
 
+from app.settings import get_settings
 
-def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
+log = logging.getLogger("memaudit")
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add this module's sub-commands."""
+    serve = subparsers.add_parser("serve", help="run the API (and, by default, an embedded worker)")
+    serve.add_argument("--host", default=None, help="bind address (default MEMAUDIT_HOST)")
+    serve.add_argument("--port", type=int, default=None, help="port (default MEMAUDIT_PORT)")
+    serve.add_argument("--no-worker", action="store_true", help="do not start the embedded worker")
+    serve.set_defaults(func=_serve)
+    worker = subparsers.add_parser("worker", help="run Celery worker(s): one process per GPU, CPU if none")
+    worker.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (MEMAUDIT_WORKER_DEVICE)")
+    worker.set_defaults(func=_worker)
+    migrate = subparsers.add_parser("migrate", help="apply the Alembic migrations to MEMAUDIT_DATABASE_URL")
+    migrate.set_defaults(func=_migrate)
+    keys = subparsers.add_parser("create-key", help="create an API key for an owner (printed once)")
+    keys.add_argument("owner")
+    keys.add_argument("--name", default="", help="a label for the key")
+    keys.set_defaults(func=_create_key)
+    demo = subparsers.add_parser("demo", help="start the embedded service and audit the bundled digits")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs per fold model")
+    demo.add_argument("--top", type=int, default=10, help="how many samples to print")
+    demo.set_defaults(func=_demo)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from app.migrate import upgrade_to_head
+
+    _logging()
+    upgrade_to_head(get_settings().resolved_database_url)
+    print("database is at the latest revision")
+    return 0
+
+
+def _create_key(args: argparse.Namespace) -> int:
+    from app.db import session_scope
+    from app.services.auth import create_api_key
+
+    with session_scope() as session:
+        token = create_api_key(session, args.owner, args.name)
+    print(token)
+    return 0
+
+
+def _bind_host(requested: str) -> str:
+    from app.db import session_scope
+    from app.services.auth import keys_configured
+
+    with session_scope() as session:
+        protected = keys_configured(session, get_settings())
+    if protected:
+        return requested
+    if requested not in ("127.0.0.1", "localhost"):
+        log.warning("no API key configured: binding to 127.0.0.1, not %s (set MEMAUDIT_API_KEYS)", requested)
+    else:
+        log.warning("no API key configured: single-user mode, listening on 127.0.0.1 only")
+    return "127.0.0.1"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.migrate import upgrade_to_head
+
+    _logging()
+    settings = get_settings()
+    settings.ensure_dirs()
+    if settings.resolved_database_url.startswith("sqlite"):
+        upgrade_to_head(settings.resolved_database_url)  # embedded default: nothing else would migrate
+    host, port = _bind_host(args.host or settings.host), args.port or settings.port
+    worker = None
+    if settings.embedded_worker and not args.no_worker:
+        worker = subprocess.Popen([sys.executable, "-m", "app", "worker"])
+        log.info("embedded worker started (pid %d)", worker.pid)
+    try:
+        uvicorn.run("app.api.main:create_app", factory=True, host=host, port=port, log_level="info")
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.launch import run_workers
+
+    _logging()
+    if args.device:
+        os.environ["MEMAUDIT_WORKER_DEVICE"] = args.device
+        get_settings.cache_clear()
+    return run_workers(get_settings().worker_device)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from app.cli.demo import run_demo
+
+    return run_demo(epochs=args.epochs, top=args.top)

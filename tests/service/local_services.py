@@ -64,8 +64,9 @@ def private_postgres() -> Iterator[str]:
         capture_output=True,
     )
     options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    log = str(workdir / "log")
     started = subprocess.run(
-        _as_postgres_user([pg_ctl, "-D", str(datadir), "-o", options, "-l", str(workdir / "log"), "-w", "start"]),
+        _as_postgres_user([pg_ctl, "-D", str(datadir), "-o", options, "-l", log, "-w", "start"]),
         capture_output=True,
     )
     if started.returncode != 0:

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI). Routes are thin; the logic lives in app.services."""

@@ -1,0 +1,56 @@
+"""One error shape for every 4xx/5xx: {"detail": [{"loc": [...], "msg": "...", "type": "..."}]}.
+
+Validation errors keep FastAPI's shape (the location names the field); service errors use the same
+shape with their field; anything unexpected is a 500 with no stack trace in the body.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.services.errors import ServiceError, Unauthorized
+
+log = logging.getLogger(__name__)
+
+
+def error_body(field: str, message: str, kind: str) -> dict[str, object]:
+    return {"detail": [{"loc": field.split("."), "msg": message, "type": kind}]}
+
+
+async def _service_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ServiceError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
+    kind = type(error).__name__.lower()
+    return JSONResponse(error_body(error.field, error.message, kind), error.status_code, headers=headers)
+
+
+async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    details = [
+        {"loc": list(item.get("loc", ())), "msg": str(item.get("msg", "")), "type": str(item.get("type", ""))}
+        for item in error.errors()
+    ]
+    return JSONResponse({"detail": details}, 422)
+
+
+async def _http_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    return JSONResponse(error_body("request", str(error.detail), "http"), error.status_code,
+                        headers=getattr(error, "headers", None))
+
+
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body("server", "internal error (logged on the server)", "internal"), 500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

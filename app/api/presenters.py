@@ -1,0 +1,47 @@
+"""Rows -> response models (URLs built here so every route links the same way)."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from app.api.schemas import DatasetOut, JobOut, Progress, ScoreOut, ScoresInfo
+from app.db import Dataset, Job, SampleScore
+from app.services.jobs import job_timings, job_units
+
+
+def dataset_out(row: Dataset) -> DatasetOut:
+    return DatasetOut(
+        id=row.id, filename=row.filename, sha256=row.sha256, shape=list(row.shape), dtype=row.dtype,
+        min=row.min_value, max=row.max_value, count=int(row.shape[0]), size_bytes=row.size_bytes,
+        created_at=row.created_at,
+    )
+
+
+def job_url(job_id: str) -> str:
+    return f"/jobs/{job_id}"
+
+
+def job_out(session: Session, job: Job) -> JobOut:
+    units = job_units(session, job.id)
+    progress = {"units_done": job.units_done, "units_total": job.units_total, **(job.progress or {})}
+    return JobOut(
+        id=job.id, kind=job.kind, state=job.state,  # type: ignore[arg-type]
+        progress=Progress.model_validate(progress),
+        timings=job_timings(job, units),
+        error=job.error,
+        summary=job.summary,
+        scores=ScoresInfo(available=job.scores_units > 0, provisional=job.scores_provisional,
+                          units=job.scores_units, url=f"{job_url(job.id)}/scores"),
+        device=job.device, n_samples=job.n_samples, image_shape=list(job.image_shape),
+        spec={key: value for key, value in job.spec.items() if key != "facts"},
+        url=job_url(job.id),
+    )
+
+
+def score_out(row: SampleScore) -> ScoreOut:
+    sample_url = f"{job_url(row.job_id)}/samples/{row.sample_id}"
+    return ScoreOut(
+        job_id=row.job_id, sample_id=row.sample_id, rank=row.rank, score=row.score, log_p_in=row.log_p_in,
+        log_p_out=row.log_p_out, n_in=row.n_in, n_out=row.n_out, rho=row.rho, copy_count=row.copy_count,
+        image_url=f"{sample_url}/image.png", url=sample_url,
+    )

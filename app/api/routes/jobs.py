@@ -1,0 +1,72 @@
+"""POST /jobs, GET /jobs, GET /jobs/{job_id}, POST /jobs/{job_id}/cancel."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from app.api.deps import OwnerDep, SessionDep, SettingsDep
+from app.api.presenters import job_out, job_url
+from app.api.schemas import JobList, JobOut, JobState
+from app.services import jobs as service
+from app.services.specs import JobCreate
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
+
+
+def _enqueue_plan(job_id: str) -> None:
+    from workers.celery_app import PLAN_JOB, enqueue
+
+    try:
+        enqueue(PLAN_JOB, job_id)
+    except Exception:  # the job row is committed: a worker's reconcile() picks it up later
+        log.exception("could not enqueue job %s; it stays queued until a worker reconciles", job_id)
+
+
+CREATE_RESPONSES: dict[int | str, dict[str, object]] = {
+    404: {"description": "dataset id unknown"},
+    409: {"description": "Idempotency-Key reused with another body"},
+    422: {"description": "invalid spec; the location names the field"},
+}
+
+
+@router.post("", operation_id="create_job", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED,
+             responses=CREATE_RESPONSES)
+def create_job(
+    body: JobCreate, session: SessionDep, settings: SettingsDep, owner: OwnerDep, response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> JobOut:
+    created = service.create_job(session, settings, owner, body, idempotency_key)
+    if created.created:
+        log.info("job %s created by owner %s", created.job.id, owner)
+        _enqueue_plan(created.job.id)  # only now: the row is committed
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = job_url(created.job.id)
+    return job_out(session, created.job)
+
+
+@router.get("", operation_id="list_jobs", response_model=JobList)
+def list_jobs(
+    session: SessionDep, owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
+    state: JobState | None = None,
+) -> JobList:
+    rows = service.list_jobs(session, owner, limit, offset, state)
+    return JobList(items=[job_out(session, row) for row in rows], limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", operation_id="get_job", response_model=JobOut,
+            responses={404: {"description": "no such job for this key"}})
+def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobOut:
+    return job_out(session, service.get_job(session, owner, job_id))
+
+
+@router.post("/{job_id}/cancel", operation_id="cancel_job", response_model=JobOut,
+             status_code=status.HTTP_202_ACCEPTED,
+             responses={404: {"description": "no such job"}, 409: {"description": "job already finished"}})
+def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobOut:
+    return job_out(session, service.cancel_job(session, owner, job_id))

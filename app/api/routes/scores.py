@@ -1,0 +1,66 @@
+"""GET /scores?top=, GET /jobs/{job_id}/scores (keyset pages), one sample and its image."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from app.api.deps import OwnerDep, SessionDep, SettingsDep
+from app.api.presenters import score_out
+from app.api.schemas import SampleOut, ScorePage, TopScores
+from app.services import jobs as job_service
+from app.services import scores as service
+from app.services.errors import Invalid
+
+router = APIRouter(tags=["scores"])
+JobIdPath = Annotated[str, Path(max_length=64)]
+SampleIdPath = Annotated[int, Path(ge=0)]
+
+
+@router.get("/scores", operation_id="top_scores", response_model=TopScores,
+            responses={404: {"description": "no such job, or no finished job yet"}})
+def top_scores(
+    session: SessionDep, owner: OwnerDep, settings: SettingsDep,
+    top: Annotated[int, Query(ge=1, description="how many, most memorized first")] = 100,
+    job_id: Annotated[str | None, Query(max_length=64, description="default: latest succeeded job")] = None,
+) -> TopScores:
+    if top > settings.max_top:
+        raise Invalid("top", f"at most {settings.max_top}; page through /jobs/{{id}}/scores for more")
+    job = job_service.get_job(session, owner, job_id) if job_id else service.latest_scored_job(session, owner)
+    rows = service.top_scores(session, job.id, top)
+    return TopScores(job_id=job.id, provisional=job.scores_provisional, items=[score_out(r) for r in rows])
+
+
+@router.get("/jobs/{job_id}/scores", operation_id="list_job_scores", response_model=ScorePage,
+            responses={404: {"description": "no such job"}})
+def list_job_scores(
+    job_id: JobIdPath, session: SessionDep, owner: OwnerDep,
+    sort: service.SortOrder = "score_desc",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=512, description="previous page's next_cursor")] = None,
+) -> ScorePage:
+    job = job_service.get_job(session, owner, job_id)
+    rows, next_cursor = service.score_page(session, job.id, sort, limit, cursor)
+    return ScorePage(job_id=job.id, provisional=job.scores_provisional, sort=sort,
+                     items=[score_out(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}/samples/{sample_id}", operation_id="get_sample", response_model=SampleOut,
+            responses={404: {"description": "no such job or no score for this sample yet"}})
+def get_sample(job_id: JobIdPath, sample_id: SampleIdPath, session: SessionDep, owner: OwnerDep) -> SampleOut:
+    job = job_service.get_job(session, owner, job_id)
+    row = service.sample_score(session, job.id, sample_id)
+    threshold = (job.summary or {}).get("highly_memorized_threshold")
+    above = None if threshold is None or row.score is None else bool(row.score > threshold)
+    fields = score_out(row).model_dump()
+    return SampleOut(**fields, provisional=job.scores_provisional, highly_memorized=above)
+
+
+@router.get("/jobs/{job_id}/samples/{sample_id}/image.png", operation_id="get_sample_image",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}, 404: {}})
+def get_sample_image(
+    job_id: JobIdPath, sample_id: SampleIdPath, session: SessionDep, owner: OwnerDep, settings: SettingsDep
+) -> Response:
+    png = service.sample_png(session, settings, owner, job_id, sample_id)
+    return Response(content=png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

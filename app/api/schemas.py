@@ -1,0 +1,108 @@
+"""Response models of the API (the request body of POST /jobs is app.services.specs.JobCreate)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+
+
+class DatasetOut(BaseModel):
+    id: str
+    filename: str
+    sha256: str
+    shape: list[int] = Field(description="shape of the stored array, as uploaded")
+    dtype: str = Field(description="uint8 (0..255) or float (0..1)")
+    min: float = Field(description="smallest pixel value, scaled to [0, 1]")
+    max: float = Field(description="largest pixel value, scaled to [0, 1]")
+    count: int
+    size_bytes: int
+    created_at: dt.datetime
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetOut]
+    limit: int
+    offset: int
+
+
+class Progress(BaseModel):
+    units_done: int
+    units_total: int
+    epoch: int | None = None
+    epochs: int | None = None
+    unit: int | None = None
+    fraction: float | None = None
+
+
+class ScoresInfo(BaseModel):
+    available: bool
+    provisional: bool
+    units: int = Field(description="finished units the stored scores are based on")
+    url: str
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    state: JobState
+    progress: Progress
+    timings: dict[str, Any]
+    error: str | None
+    summary: dict[str, Any] | None = Field(description="quantiles of M etc., once succeeded")
+    scores: ScoresInfo
+    device: str | None
+    n_samples: int
+    image_shape: list[int]
+    spec: dict[str, Any]
+    url: str
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    limit: int
+    offset: int
+
+
+class ScoreOut(BaseModel):
+    job_id: str
+    sample_id: int
+    rank: int | None = Field(description="1 = most memorized")
+    score: float | None = Field(description="M = U - V in nats; null when not finite")
+    log_p_in: float | None = Field(description="U: log-mean-exp over in-models")
+    log_p_out: float | None = Field(description="V: log-mean-exp over out-models")
+    n_in: int | None
+    n_out: int | None
+    rho: float | None = None
+    copy_count: float | None = None
+    image_url: str
+    url: str
+
+
+class TopScores(BaseModel):
+    job_id: str
+    provisional: bool
+    items: list[ScoreOut]
+
+
+class ScorePage(BaseModel):
+    job_id: str
+    provisional: bool
+    sort: str
+    items: list[ScoreOut]
+    next_cursor: str | None
+
+
+class SampleOut(ScoreOut):
+    provisional: bool
+    highly_memorized: bool | None = Field(description="score above the job's 0.95 quantile of M")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: bool
+    broker: bool
+    version: str

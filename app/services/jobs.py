@@ -1,0 +1,160 @@
+"""Jobs: creation (validated, idempotent), reading, listing and cooperative cancel.
+
+A job row and its spec are committed before anything is enqueued, so a worker never sees an id
+that does not exist yet. Units are planned by the worker (they are sized by its device).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db import Job, Unit, utcnow
+from app.services.datasets import dataset_summary, load_dataset_spec
+from app.services.errors import Conflict, Invalid, NotFound
+from app.services.specs import JobCreate, request_hash
+from app.settings import Settings
+from models.config import AuditConfig, ModelConfig, TrainConfig
+from models.imageset import DataError, check_likelihood_range
+
+ACTIVE_STATES = ("queued", "running", "cancelling")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class CreatedJob:
+    job: Job
+    created: bool  # False: an earlier request with the same Idempotency-Key
+
+
+def _check_section(section: str, build: Any, data: dict[str, Any]) -> None:
+    try:
+        build(data)
+    except ValueError as error:
+        field, _, message = str(error).partition(": ")
+        raise Invalid(f"{section}.{field}", message or str(error)) from None
+
+
+def _validate(request: JobCreate, canonical: dict[str, Any], session: Session, settings: Settings,
+              owner: str) -> dict[str, Any]:
+    """Every check a worker would otherwise fail on, done before the job exists."""
+    _check_section("model", ModelConfig.from_dict, canonical["model"])
+    _check_section("training", TrainConfig.from_dict, canonical["training"])
+    _check_section("audit", AuditConfig.from_dict, canonical["audit"])
+    train = load_dataset_spec(canonical["dataset"], session, settings, owner, "dataset")
+    try:
+        check_likelihood_range(train, canonical["model"]["likelihood"], field="dataset")
+    except DataError as error:
+        raise Invalid(error.field, error.message) from None
+    folds: int = canonical["audit"]["folds"]
+    if folds > train.count:
+        raise Invalid("audit.folds", f"K={folds} exceeds the {train.count} samples of the dataset")
+    facts: dict[str, Any] = {"train": dataset_summary(train)}
+    if canonical["heldout"] is not None:
+        heldout = load_dataset_spec(canonical["heldout"], session, settings, owner, "heldout")
+        if heldout.image_shape != train.image_shape:
+            raise Invalid("heldout", f"images are {list(heldout.image_shape)}, the training set's are "
+                          f"{list(train.image_shape)}")
+        facts["heldout"] = dataset_summary(heldout)
+    return facts
+
+
+def create_job(session: Session, settings: Settings, owner: str, request: JobCreate,
+               idempotency_key: str | None) -> CreatedJob:
+    canonical = request.canonical()
+    digest = request_hash(canonical)
+    if idempotency_key is not None:
+        earlier = _by_idempotency_key(session, owner, idempotency_key)
+        if earlier is not None:
+            return CreatedJob(_same_request(earlier, digest), created=False)
+    facts = _validate(request, canonical, session, settings, owner)
+    train_facts = facts["train"]
+    job = Job(
+        id=str(uuid.uuid4()), owner=owner, kind=request.kind, state="queued",
+        spec={**canonical, "facts": facts}, idempotency_key=idempotency_key, request_hash=digest,
+        n_samples=train_facts["count"], image_shape=train_facts["image_shape"],
+        progress={"units_done": 0, "units_total": 0},
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()  # a concurrent request with the same key won the race
+        earlier = _by_idempotency_key(session, owner, idempotency_key or "")
+        if earlier is None:
+            raise
+        return CreatedJob(_same_request(earlier, digest), created=False)
+    return CreatedJob(job, created=True)
+
+
+def _by_idempotency_key(session: Session, owner: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+
+
+def _same_request(job: Job, digest: str) -> Job:
+    if job.request_hash != digest:
+        raise Conflict("Idempotency-Key", "this key was used for a different request body")
+    return job
+
+
+def get_job(session: Session, owner: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.owner != owner:
+        raise NotFound("job_id", f"no job {job_id!r}")
+    return job
+
+
+def list_jobs(session: Session, owner: str, limit: int, offset: int, state: str | None) -> list[Job]:
+    query = select(Job).where(Job.owner == owner)
+    if state is not None:
+        query = query.where(Job.state == state)
+    query = query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    return list(session.scalars(query))
+
+
+def cancel_job(session: Session, owner: str, job_id: str) -> Job:
+    """Queued -> cancelled at once; running -> cancelling (the worker stops between epochs)."""
+    job = get_job(session, owner, job_id)
+    if job.state in TERMINAL_STATES:
+        raise Conflict("state", f"the job already {job.state}")
+    now = utcnow()
+    job.state = "cancelled" if job.state == "queued" else "cancelling"
+    if job.state == "cancelled":
+        job.finished_at = now
+    job.updated_at = now
+    session.commit()
+    return job
+
+
+def job_units(session: Session, job_id: str) -> list[Unit]:
+    return list(session.scalars(select(Unit).where(Unit.job_id == job_id).order_by(Unit.index)))
+
+
+def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((_aware(end) - _aware(start)).total_seconds(), 3)
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    # SQLite returns naive datetimes even for timezone-aware columns; they were stored in UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
+def job_timings(job: Job, units: list[Unit]) -> dict[str, Any]:
+    end = job.finished_at or (utcnow() if job.state in ACTIVE_STATES else None)
+    unit_seconds = [unit.seconds for unit in units if unit.seconds is not None]
+    return {
+        "created_at": _aware(job.created_at).isoformat(),
+        "started_at": _aware(job.started_at).isoformat() if job.started_at else None,
+        "finished_at": _aware(job.finished_at).isoformat() if job.finished_at else None,
+        "queued_seconds": _seconds(job.created_at, job.started_at),
+        "running_seconds": _seconds(job.started_at, end),
+        "unit_seconds_total": round(sum(unit_seconds), 3) if unit_seconds else None,
+    }

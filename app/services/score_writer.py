@@ -1,0 +1,86 @@
+"""Writing a job's per-sample scores in bulk: COPY on PostgreSQL, executemany on SQLite.
+
+A write replaces the job's whole score set in one transaction, so readers see either the old set
+or the new one. Writers are serialised per job by first touching the job row (a row lock on
+PostgreSQL, the write lock on SQLite); a write based on fewer units than the stored set is dropped,
+so a late provisional write can never overwrite a newer or final one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from app.db import Job, SampleScore, is_postgres, utcnow
+
+COLUMNS = ("job_id", "sample_id", "score", "log_p_in", "log_p_out", "n_in", "n_out", "rank")
+
+
+@dataclass(frozen=True)
+class ScoreArrays:
+    score: np.ndarray  # (N,) float64, M = U - V; NaN where undefined
+    log_p_in: np.ndarray  # (N,) U
+    log_p_out: np.ndarray  # (N,) V
+    n_in: np.ndarray  # (N,) int
+    n_out: np.ndarray  # (N,) int
+
+
+def ranks(score: np.ndarray) -> np.ndarray:
+    """1 = most memorized; ties by sample id; non-finite scores rank last (as the index sorts them)."""
+    finite = np.isfinite(score)
+    key = np.where(finite, -score, np.inf)
+    order = np.lexsort((np.arange(len(score)), key, ~finite))  # (N,) sample ids, best first
+    out = np.empty(len(score), dtype=np.int64)
+    out[order] = np.arange(1, len(score) + 1)
+    return out
+
+
+def _nullable(values: np.ndarray) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in values.tolist()]
+
+
+def _rows(job_id: str, arrays: ScoreArrays) -> list[tuple[object, ...]]:
+    count = len(arrays.score)
+    return list(zip(
+        [job_id] * count, range(count), _nullable(arrays.score), _nullable(arrays.log_p_in),
+        _nullable(arrays.log_p_out), arrays.n_in.astype(int).tolist(), arrays.n_out.astype(int).tolist(),
+        ranks(arrays.score).tolist(), strict=True,
+    ))
+
+
+def _copy_rows(session: Session, rows: list[tuple[object, ...]]) -> None:
+    driver = session.connection().connection.driver_connection
+    statement = f"COPY sample_scores ({', '.join(COLUMNS)}) FROM STDIN"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+        for row in rows:
+            copy.write_row(row)
+
+
+def _insert_rows(session: Session, rows: list[tuple[object, ...]]) -> None:
+    session.execute(insert(SampleScore), [dict(zip(COLUMNS, row, strict=True)) for row in rows])
+
+
+def write_scores(session: Session, job_id: str, arrays: ScoreArrays, units: int, provisional: bool) -> bool:
+    """Replace the job's scores with ``arrays`` (based on ``units`` finished units). Commits.
+
+    Returns False (writing nothing) when the stored set is already based on at least as many units.
+    """
+    session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow()))  # lock first
+    stored_units, stored_provisional = session.execute(
+        select(Job.scores_units, Job.scores_provisional).where(Job.id == job_id)
+    ).one()
+    has_final = stored_units > 0 and not stored_provisional
+    if has_final or (provisional and stored_units >= units):
+        session.rollback()
+        return False
+    session.execute(delete(SampleScore).where(SampleScore.job_id == job_id))
+    rows = _rows(job_id, arrays)
+    (_copy_rows if is_postgres(session) else _insert_rows)(session, rows)
+    session.execute(
+        update(Job).where(Job.id == job_id).values(scores_units=units, scores_provisional=provisional)
+    )
+    session.commit()
+    return True

@@ -1,0 +1,152 @@
+"""Reading scores: top-k, keyset pages in either order, one sample, and its image.
+
+Order "score_desc" is (score DESC, NULLs last, sample_id ASC), exactly the index
+ix_sample_scores_job_score, so top-k and every page are range scans. "score_asc" is its exact
+reverse (the same index read backwards). "sample_id" uses the primary key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from collections import OrderedDict
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Select, and_, or_, select
+from sqlalchemy.orm import Session
+
+from app.db import Job, SampleScore, is_postgres
+from app.services.datasets import load_dataset_spec
+from app.services.errors import Invalid, NotFound
+from app.services.jobs import get_job
+from app.settings import Settings
+from models.imageset import ImageSet
+
+SortOrder = Literal["score_desc", "score_asc", "sample_id"]
+Cursor = tuple[float | None, int]
+
+
+def latest_scored_job(session: Session, owner: str) -> Job:
+    query = (select(Job).where(Job.owner == owner, Job.state == "succeeded")
+             .order_by(Job.finished_at.desc(), Job.id).limit(1))
+    job = session.scalar(query)
+    if job is None:
+        raise NotFound("job_id", "no finished job yet; name one with job_id=")
+    return job
+
+
+def _descending(session: Session) -> list[ColumnElement[Any]]:
+    score = SampleScore.score.desc()
+    # SQLite already sorts NULL lowest; PostgreSQL needs NULLS LAST spelled out to match the index.
+    return [score.nulls_last() if is_postgres(session) else score, SampleScore.sample_id.asc()]
+
+
+def _ascending(session: Session) -> list[ColumnElement[Any]]:
+    score = SampleScore.score.asc()
+    return [score.nulls_first() if is_postgres(session) else score, SampleScore.sample_id.desc()]
+
+
+def top_scores(session: Session, job_id: str, top: int) -> list[SampleScore]:
+    query = select(SampleScore).where(SampleScore.job_id == job_id).order_by(*_descending(session))
+    return list(session.scalars(query.limit(top)))
+
+
+def encode_cursor(row: SampleScore, sort: SortOrder) -> str:
+    payload = [sort, row.score, row.sample_id]
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: SortOrder) -> Cursor:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        cursor_sort, score, sample_id = json.loads(base64.urlsafe_b64decode(padded))
+    except (ValueError, binascii.Error, TypeError):
+        raise Invalid("cursor", "not a cursor returned by this endpoint") from None
+    score_ok = score is None or isinstance(score, float | int)
+    if cursor_sort != sort or not isinstance(sample_id, int) or not score_ok:
+        raise Invalid("cursor", "the cursor belongs to another sort order or is malformed")
+    return (None if score is None else float(score)), sample_id
+
+
+def _after_desc(score: float | None, sample_id: int) -> ColumnElement[bool]:
+    if score is None:  # inside the NULL tail
+        return and_(SampleScore.score.is_(None), SampleScore.sample_id > sample_id)
+    return or_(
+        SampleScore.score < score,
+        and_(SampleScore.score == score, SampleScore.sample_id > sample_id),
+        SampleScore.score.is_(None),
+    )
+
+
+def _after_asc(score: float | None, sample_id: int) -> ColumnElement[bool]:
+    if score is None:  # inside the leading NULLs
+        return or_(
+            and_(SampleScore.score.is_(None), SampleScore.sample_id < sample_id),
+            SampleScore.score.is_not(None),
+        )
+    return or_(SampleScore.score > score, and_(SampleScore.score == score, SampleScore.sample_id < sample_id))
+
+
+def _page_query(
+    session: Session, job_id: str, sort: SortOrder, after: Cursor | None
+) -> Select[SampleScore]:
+    query = select(SampleScore).where(SampleScore.job_id == job_id)
+    if sort == "sample_id":
+        if after is not None:
+            query = query.where(SampleScore.sample_id > after[1])
+        return query.order_by(SampleScore.sample_id)
+    if sort == "score_desc":
+        if after is not None:
+            query = query.where(_after_desc(*after))
+        return query.order_by(*_descending(session))
+    if after is not None:
+        query = query.where(_after_asc(*after))
+    return query.order_by(*_ascending(session))
+
+
+def score_page(
+    session: Session, job_id: str, sort: SortOrder, limit: int, cursor: str | None
+) -> tuple[list[SampleScore], str | None]:
+    after = decode_cursor(cursor, sort) if cursor else None
+    rows = list(session.scalars(_page_query(session, job_id, sort, after).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1], sort) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def sample_score(session: Session, job_id: str, sample_id: int) -> SampleScore:
+    row = session.get(SampleScore, (job_id, sample_id))
+    if row is None:
+        raise NotFound("sample_id", f"no score for sample {sample_id} in job {job_id} (yet)")
+    return row
+
+
+# Rendering a sample needs its dataset; keep the last few loaded (an upload is read from disk).
+_IMAGE_CACHE: OrderedDict[tuple[str, str], ImageSet] = OrderedDict()
+_IMAGE_CACHE_SIZE = 4
+
+
+def _images_for(job: Job, session: Session, settings: Settings) -> ImageSet:
+    key = (job.owner, json.dumps(job.spec["dataset"], sort_keys=True))
+    if key in _IMAGE_CACHE:
+        _IMAGE_CACHE.move_to_end(key)
+        return _IMAGE_CACHE[key]
+    images = load_dataset_spec(job.spec["dataset"], session, settings, job.owner, "dataset")
+    _IMAGE_CACHE[key] = images
+    while len(_IMAGE_CACHE) > _IMAGE_CACHE_SIZE:
+        _IMAGE_CACHE.popitem(last=False)
+    return images
+
+
+def sample_png(session: Session, settings: Settings, owner: str, job_id: str, sample_id: int) -> bytes:
+    from PIL import Image  # Pillow only where an image is rendered
+
+    job = get_job(session, owner, job_id)
+    if not 0 <= sample_id < job.n_samples:
+        raise NotFound("sample_id", f"job {job_id} has samples 0..{job.n_samples - 1}")
+    pixels = _images_for(job, session, settings).as_uint8()[sample_id]  # (C, H, W) uint8
+    picture = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,59 @@
+"""Starting Celery workers: one worker process per GPU (CUDA is initialised only in the child
+that uses it), a single CPU worker when there is no GPU. Each listens on the `gpu` queue with
+concurrency 1 and prefetch 1."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def run_workers(device: str) -> int:
+    gpus = _visible_gpus() if device == "auto" else 0
+    if gpus <= 1:
+        return run_one_worker(device)
+    children = []
+    for index in range(gpus):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(index), "MEMAUDIT_WORKER_DEVICE": "cuda"}
+        children.append(subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env))
+    log.info("started %d GPU workers", gpus)
+
+    def _forward(signum: int, _frame: object) -> None:
+        for child in children:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, _forward)
+    signal.signal(signal.SIGINT, _forward)
+    return max(child.wait() for child in children)
+
+
+def run_one_worker(device: str) -> int:
+    from celery.signals import worker_ready
+
+    from workers.celery_app import QUEUE, get_celery
+    from workers.reconcile import reconcile
+
+    def _on_ready(**_kwargs: object) -> None:
+        try:
+            reconcile()
+        except Exception:  # a failed reconcile must not stop the worker; it is retried next start
+            log.exception("reconcile at start-up failed")
+
+    worker_ready.connect(_on_ready, weak=False)
+    name = f"memaudit-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
+    argv = ["worker", "-Q", QUEUE, "-c", "1", "--pool", "prefork", "-n", name, "-l", "INFO",
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    get_celery().worker_main(argv=argv)
+    return 0

@@ -1,0 +1,47 @@
+"""Job-state transitions written by workers, each a guarded UPDATE so that two workers (or a
+worker and a cancel request) can never move a job backwards out of a terminal state."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.db import Job, Unit, utcnow
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+MAX_ERROR_CHARS = 2000
+
+
+def mark_running(session: Session, job_id: str) -> None:
+    now = utcnow()
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.state == "queued").values(state="running", started_at=now,
+                                                                          updated_at=now)
+    )
+
+
+def mark_failed(session: Session, job_id: str, message: str) -> None:
+    now = utcnow()
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.state.not_in(TERMINAL_STATES))
+        .values(state="failed", error=message[:MAX_ERROR_CHARS], finished_at=now, updated_at=now)
+    )
+    session.commit()
+
+
+def mark_cancelled(session: Session, job_id: str) -> None:
+    now = utcnow()
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.state.in_(("queued", "running", "cancelling")))
+        .values(state="cancelled", finished_at=now, updated_at=now)
+    )
+    session.commit()
+
+
+def count_done_units(session: Session, job_id: str) -> int:
+    return int(session.scalar(select(func.count()).where(Unit.job_id == job_id, Unit.state == "done")) or 0)
+
+
+def cancel_requested(session: Session, job_id: str) -> bool:
+    state = session.scalar(select(Job.state).where(Job.id == job_id))
+    return state is None or state in ("cancelling", "cancelled", "failed")
