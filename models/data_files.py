@@ -15,7 +15,7 @@ from typing import IO
 import numpy as np
 from numpy.lib import format as npy_format
 
-from models.imageset import DataError
+from models.imageset import DataError, DataTooLarge
 
 PNG_SUFFIX = ".png"
 
@@ -96,7 +96,7 @@ def _read_member(
 ) -> np.ndarray:
     label = f"{what}:{info.filename}"
     if info.file_size > budget:
-        raise DataError(
+        raise DataTooLarge(
             field, f"{label}: uncompressed size {info.file_size} bytes exceeds the limit of {budget}"
         )
     try:
@@ -119,7 +119,9 @@ def _read_array(stream: IO[bytes], *, available: int, max_bytes: int, field: str
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     data_bytes = count * dtype.itemsize
     if data_bytes > max_bytes:
-        raise DataError(field, f"{what}: the array needs {data_bytes} bytes, over the limit of {max_bytes}")
+        raise DataTooLarge(
+            field, f"{what}: the array needs {data_bytes} bytes, over the limit of {max_bytes}"
+        )
     if data_bytes > available:
         raise DataError(
             field, f"{what}: the header declares {data_bytes} bytes of data but the file is smaller"
@@ -159,7 +161,7 @@ def _read_png(path: Path, budget: int, field: str) -> np.ndarray:
             width, height = image.size
             channels = 1 if image.mode in ("L", "1") else 3
             if width * height * channels > budget:
-                raise DataError(
+                raise DataTooLarge(
                     field, f"{path.name}: the decoded images exceed the limit on uncompressed size"
                 )
             return _png_pixels(image, path.name, field)

@@ -31,6 +31,10 @@ class DataError(ValueError):
         self.message = message
 
 
+class DataTooLarge(DataError):
+    """The data exceeds a configured size limit (the service answers 413 rather than 422)."""
+
+
 @dataclass(frozen=True)
 class ImageSet:
     images: np.ndarray  # (N, C, H, W) float32 in [0, 1]

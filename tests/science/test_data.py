@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from models.builtin_datasets import load_fashion_mnist
-from models.data import DataError, ImageSet, image_set_from_array, load_dataset, validate_audit_inputs
+from models.data import (
+    DataError,
+    DataTooLarge,
+    ImageSet,
+    image_set_from_array,
+    load_dataset,
+    validate_audit_inputs,
+)
 
 MB = 1024 * 1024
 
@@ -233,7 +240,7 @@ def test_decompression_bomb_is_refused_before_decompressing(tmp_path: Path) -> N
     np.savez_compressed(path, images=np.zeros((400, 512, 512), dtype=np.uint8))  # 100 MiB of zeros
     assert path.stat().st_size < MB
     started = time.perf_counter()
-    with pytest.raises(DataError, match="exceeds the limit"):
+    with pytest.raises(DataTooLarge, match="exceeds the limit"):
         _load(path, max_bytes=10 * MB)
     assert time.perf_counter() - started < 0.5
 
@@ -245,7 +252,7 @@ def test_npy_header_declaring_a_huge_array_is_refused(tmp_path: Path) -> None:
     )
     path = tmp_path / "liar.npy"
     path.write_bytes(header.getvalue() + bytes(100))
-    with pytest.raises(DataError, match="over the limit"):
+    with pytest.raises(DataTooLarge, match="over the limit"):
         _load(path, max_bytes=10 * MB)
     with pytest.raises(DataError, match="file is smaller"):
         _load(path, max_bytes=10**10)
@@ -287,7 +294,7 @@ def test_png_folder_problems(tmp_path: Path) -> None:
     big = tmp_path / "big"
     big.mkdir()
     Image.fromarray(np.zeros((100, 100), dtype=np.uint8)).save(big / "a.png")
-    with pytest.raises(DataError, match="limit"):
+    with pytest.raises(DataTooLarge, match="limit"):
         _load(big, max_bytes=5000)
 
 
