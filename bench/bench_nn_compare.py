@@ -1,4 +1,4 @@
-"""Nearest-neighbour comparison (SPEC §3) throughput and memory: N training images against |H| = |S| references.
+"""Nearest-neighbour comparison (SPEC §3) speed and memory: N training images vs |H| = |S| references.
 
     .venv/bin/python bench/bench_nn_compare.py --train 60000 --refs 5000 --side 32 [--device cpu]
 
@@ -21,7 +21,9 @@ from models.nn_compare import compare_nearest
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--train", type=int, default=60000)
     parser.add_argument("--refs", type=int, default=5000, help="|H| = |S|")
     parser.add_argument("--side", type=int, default=32)
