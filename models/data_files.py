@@ -115,7 +115,10 @@ def _read_array(stream: IO[bytes], *, available: int, max_bytes: int, field: str
     """Parse an .npy header from ``stream`` and read exactly the data it declares."""
     shape, fortran_order, dtype = _read_header(stream, field, what)
     if dtype.hasobject or dtype.kind not in "biuf":
-        raise DataError(field, f"{what}: element type {dtype} is not allowed (numbers only, never objects)")
+        hint = "; ragged images are saved as objects: stack same-sized images" if dtype.hasobject else ""
+        raise DataError(
+            field, f"{what}: element type {dtype} is not allowed (numbers only, never objects{hint})"
+        )
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     data_bytes = count * dtype.itemsize
     if data_bytes > max_bytes:
