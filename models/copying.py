@@ -16,6 +16,16 @@ import torch
 from models.neighbours import Metric, Neighbours, nearest
 
 REFERENCE_MIN_GENERATED = 20  # the reference keeps cells with more than 20 generated samples: tau = 20 / m
+REFERENCE_CELLS = 50
+TEST_SAMPLES_PER_AUTO_CELL = 50
+
+
+def resolve_cells(cells: int | None, n_test: int) -> int:
+    """``cells`` when given; otherwise the reference 50, fewer for small test sets (about 50 test samples
+    per cell, at least 1) so that every cell can hold test samples and more than 20 generated ones."""
+    if cells is not None:
+        return cells
+    return max(1, min(REFERENCE_CELLS, n_test // TEST_SAMPLES_PER_AUTO_CELL))
 
 
 @dataclass(frozen=True)
