@@ -1,0 +1,215 @@
+"""End to end on the production stack: PostgreSQL, Redis, a real Celery worker process.
+
+Upload -> job -> poll -> scores, checked against the science core run directly with the same
+configs; cooperative cancel; 422s naming the field; owner isolation (404); idempotency; keyset
+pagination; sample detail and image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.audit import run_audit
+from models.config import AuditConfig, ModelConfig, TrainConfig
+from models.imageset import image_set_from_array
+from tests.service.conftest import ALICE, BOB, bearer
+from tests.service.harness import Stack
+from tests.service.jobdata import digits_subset, npz_bytes, tiny_job
+
+pytestmark = pytest.mark.service
+N_SAMPLES = 90
+AS_ALICE, AS_BOB = bearer(ALICE), bearer(BOB)
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return digits_subset(N_SAMPLES)
+
+
+@pytest.fixture(scope="module")
+def dataset_id(pg_stack: Stack, images: np.ndarray) -> str:
+    response = pg_stack.client.post("/datasets", files={"file": ("digits.npz", npz_bytes(images))},
+                                    headers=AS_ALICE)
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    assert response.headers["Location"] == f"/datasets/{body['id']}"
+    return str(body["id"])
+
+
+@pytest.fixture(scope="module")
+def finished_job(pg_stack: Stack, dataset_id: str) -> dict[str, Any]:
+    response = pg_stack.client.post("/jobs", json=tiny_job({"id": dataset_id}), headers=AS_ALICE)
+    assert response.status_code == 202, response.text
+    assert response.headers["Location"] == f"/jobs/{response.json()['id']}"
+    job = pg_stack.wait_for_state(response.headers["Location"], headers=AS_ALICE)
+    assert job["state"] == "succeeded", job
+    return job
+
+
+def test_health_reports_database_and_broker(pg_stack: Stack) -> None:
+    body = pg_stack.client.get("/health").json()
+    assert body["status"] == "ok" and body["database"] and body["broker"]
+
+
+def test_reupload_returns_the_same_dataset(pg_stack: Stack, dataset_id: str, images: np.ndarray) -> None:
+    again = pg_stack.client.post("/datasets", files={"file": ("other-name.npz", npz_bytes(images))},
+                                 headers=AS_ALICE)
+    assert again.status_code == 200 and again.json()["id"] == dataset_id
+    shown = pg_stack.client.get(f"/datasets/{dataset_id}", headers=AS_ALICE).json()
+    assert shown["shape"] == [N_SAMPLES, 8, 8] and shown["dtype"] == "uint8" and shown["count"] == N_SAMPLES
+    assert 0.0 <= shown["min"] < shown["max"] <= 1.0
+
+
+def test_scores_match_the_science_core(
+    pg_stack: Stack, finished_job: dict[str, Any], images: np.ndarray
+) -> None:
+    spec = tiny_job({"id": "unused"})
+    direct = run_audit(
+        image_set_from_array(images, name="digits").images,
+        ModelConfig.from_dict(spec["model"]), TrainConfig.from_dict(spec["training"]),
+        AuditConfig.from_dict({**spec["audit"], "device": "cpu"}),
+    ).scores
+    response = pg_stack.client.get("/scores", params={"top": N_SAMPLES, "job_id": finished_job["id"]},
+                                   headers=AS_ALICE)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["provisional"] is False
+    items = body["items"]
+    assert [item["rank"] for item in items] == list(range(1, N_SAMPLES + 1))
+    served = np.array([item["score"] for item in items])
+    assert np.all(np.diff(served) <= 0), "top scores must come most-memorized first"
+    ids = np.array([item["sample_id"] for item in items])
+    np.testing.assert_allclose(served, direct.M[ids], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose([item["log_p_in"] for item in items], direct.U[ids], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose([item["log_p_out"] for item in items], direct.V[ids], rtol=1e-9, atol=1e-9)
+    expected_order = np.lexsort((np.arange(N_SAMPLES), -direct.M))
+    assert ids.tolist() == expected_order.tolist()
+
+
+def test_job_resource_when_done(pg_stack: Stack, finished_job: dict[str, Any]) -> None:
+    assert finished_job["progress"]["units_done"] == finished_job["progress"]["units_total"] == 3
+    assert finished_job["scores"] == {"available": True, "provisional": False, "units": 3,
+                                      "url": f"/jobs/{finished_job['id']}/scores"}
+    summary = finished_job["summary"]
+    assert summary["n_samples"] == N_SAMPLES and summary["n_models"] == 6
+    assert summary["quantiles"]["0.5"] <= summary["quantiles"]["0.95"] <= summary["quantiles"]["0.999"]
+    assert finished_job["timings"]["running_seconds"] > 0
+    listed = pg_stack.client.get("/jobs", params={"limit": 5}, headers=AS_ALICE).json()
+    assert finished_job["id"] in [job["id"] for job in listed["items"]]
+
+
+def test_latest_finished_job_is_the_default(pg_stack: Stack, finished_job: dict[str, Any]) -> None:
+    body = pg_stack.client.get("/scores", params={"top": 3}, headers=AS_ALICE).json()
+    assert body["job_id"] == finished_job["id"] and len(body["items"]) == 3
+
+
+@pytest.mark.parametrize("sort", ["score_desc", "score_asc", "sample_id"])
+def test_keyset_pages_cover_every_sample_once(
+    pg_stack: Stack, finished_job: dict[str, Any], sort: str
+) -> None:
+    url, seen, cursor = f"/jobs/{finished_job['id']}/scores", [], None
+    while True:
+        params: dict[str, Any] = {"sort": sort, "limit": 17, **({"cursor": cursor} if cursor else {})}
+        page = pg_stack.client.get(url, params=params, headers=AS_ALICE).json()
+        seen += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(item["sample_id"] for item in seen) == list(range(N_SAMPLES))
+    top = pg_stack.client.get("/scores", params={"top": N_SAMPLES, "job_id": finished_job["id"]},
+                              headers=AS_ALICE).json()["items"]
+    by_score = [item["sample_id"] for item in top]
+    orders = {"score_desc": by_score, "score_asc": by_score[::-1], "sample_id": list(range(N_SAMPLES))}
+    expected = orders[sort]
+    assert [item["sample_id"] for item in seen] == expected
+
+
+def test_sample_detail_and_image(pg_stack: Stack, finished_job: dict[str, Any]) -> None:
+    top = pg_stack.client.get("/scores", params={"top": 1, "job_id": finished_job["id"]},
+                              headers=AS_ALICE).json()["items"][0]
+    detail = pg_stack.client.get(top["url"], headers=AS_ALICE).json()
+    assert detail["sample_id"] == top["sample_id"] and detail["rank"] == 1
+    assert detail["highly_memorized"] is True
+    image = pg_stack.client.get(top["image_url"], headers=AS_ALICE)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert image.content.startswith(b"\x89PNG")
+
+
+def test_other_owner_sees_nothing(pg_stack: Stack, finished_job: dict[str, Any], dataset_id: str) -> None:
+    job_url = f"/jobs/{finished_job['id']}"
+    for url in (job_url, f"{job_url}/scores", f"{job_url}/samples/0", f"{job_url}/samples/0/image.png",
+                f"/datasets/{dataset_id}", f"/scores?job_id={finished_job['id']}"):
+        assert pg_stack.client.get(url, headers=AS_BOB).status_code == 404, url
+    assert pg_stack.client.post(f"{job_url}/cancel", headers=AS_BOB).status_code == 404
+    foreign = pg_stack.client.post("/jobs", json=tiny_job({"id": dataset_id}), headers=AS_BOB)
+    assert foreign.status_code == 404 and foreign.json()["detail"][0]["loc"] == ["dataset", "id"]
+    bobs_jobs = pg_stack.client.get("/jobs", headers=AS_BOB).json()["items"]
+    assert finished_job["id"] not in [job["id"] for job in bobs_jobs]
+
+
+def test_keys_are_required(pg_stack: Stack) -> None:
+    assert pg_stack.client.get("/jobs").status_code == 401
+    assert pg_stack.client.get("/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert pg_stack.client.get("/jobs", headers={"Authorization": ALICE}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("change", "location"),
+    [
+        ({"audit": {"folds": 1}}, ["audit", "folds"]),
+        ({"audit": {"folds": N_SAMPLES + 1}}, ["audit", "folds"]),
+        ({"model": {"arch": "transformer"}}, ["body", "model", "arch"]),
+        ({"training": {"epochs": 0}}, ["training", "epochs"]),
+        ({"training": {"lr": "fast"}}, ["body", "training", "lr"]),
+        ({"audit": {"folds": 3, "bogus": 1}}, ["body", "audit", "bogus"]),
+        ({"dataset": {"builtin": "digits", "path": "x.npz"}}, ["body", "dataset"]),
+        ({"dataset": {"builtin": "imagenet"}}, ["dataset", "builtin"]),
+        ({"dataset": {"path": "../../etc/passwd"}}, ["dataset", "path"]),
+        ({"model": {"likelihood": "gaussian_diag"}, "dataset": {"builtin": "digits"}}, None),
+    ],
+)
+def test_bad_specs_get_422_naming_the_field(
+    pg_stack: Stack, dataset_id: str, change: dict[str, Any], location: list[str] | None
+) -> None:
+    body = tiny_job({"id": dataset_id})
+    for section, values in change.items():
+        body[section] = values if section == "dataset" else {**body[section], **values}
+    before = len(pg_stack.client.get("/jobs", params={"limit": 200}, headers=AS_ALICE).json()["items"])
+    response = pg_stack.client.post("/jobs", json=body, headers=AS_ALICE)
+    if location is None:  # digits are 8-bit: the gaussian likelihood is valid -> accepted
+        assert response.status_code == 202
+        pg_stack.client.post(f"/jobs/{response.json()['id']}/cancel", headers=AS_ALICE)
+        return
+    assert response.status_code == 422, response.text
+    locations = [item["loc"] for item in response.json()["detail"]]
+    assert any(loc[:len(location)] == location for loc in locations), locations
+    after = len(pg_stack.client.get("/jobs", params={"limit": 200}, headers=AS_ALICE).json()["items"])
+    assert after == before, "a refused job must leave no row"
+
+
+def test_idempotency_key(pg_stack: Stack, dataset_id: str) -> None:
+    body, key = tiny_job({"id": dataset_id}, epochs=1), {"Idempotency-Key": "idem-1", **AS_ALICE}
+    first = pg_stack.client.post("/jobs", json=body, headers=key)
+    second = pg_stack.client.post("/jobs", json=body, headers=key)
+    assert first.status_code == second.status_code == 202
+    assert first.json()["id"] == second.json()["id"] and second.headers["Idempotent-Replayed"] == "true"
+    other = pg_stack.client.post("/jobs", json=tiny_job({"id": dataset_id}, epochs=2), headers=key)
+    assert other.status_code == 409 and other.json()["detail"][0]["loc"] == ["Idempotency-Key"]
+    bob = pg_stack.client.post("/jobs", json=body, headers={"Idempotency-Key": "idem-1", **AS_BOB})
+    assert bob.status_code == 404  # bob cannot use alice's dataset; keys are per owner anyway
+    pg_stack.wait_for_state(first.headers["Location"], headers=AS_ALICE)
+
+
+def test_cancel_a_running_job(pg_stack: Stack, dataset_id: str) -> None:
+    long_job = tiny_job({"id": dataset_id}, epochs=5000)
+    created = pg_stack.client.post("/jobs", json=long_job, headers=AS_ALICE).json()
+    pg_stack.wait_for_state(created["url"], states=("running",), headers=AS_ALICE)
+    cancelled = pg_stack.client.post(f"{created['url']}/cancel", headers=AS_ALICE)
+    assert cancelled.status_code == 202 and cancelled.json()["state"] in ("cancelling", "cancelled")
+    job = pg_stack.wait_for_state(created["url"], timeout_s=60, headers=AS_ALICE)
+    assert job["state"] == "cancelled" and job["progress"]["units_done"] < job["progress"]["units_total"]
+    again = pg_stack.client.post(f"{created['url']}/cancel", headers=AS_ALICE)
+    assert again.status_code == 409
