@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from app import __version__
 from app.api.errors import error_body, install_error_handlers
-from app.api.routes import datasets, health, jobs, scores
+from app.api.routes import datasets, exports, health, jobs, scores
 from app.settings import get_settings
 
 
@@ -20,7 +20,7 @@ def create_app() -> FastAPI:
         description="Audit generative models for training-data memorization (cross-validated scores).",
     )
     install_error_handlers(app)
-    for module in (health, datasets, jobs, scores):
+    for module in (health, datasets, jobs, scores, exports):
         app.include_router(module.router)
     max_json = settings.max_json_bytes
 

@@ -101,16 +101,21 @@ class MemauditClient:
         result: JsonObject = self._json("GET", f"/jobs/{job_id}")
         return result
 
-    def list_jobs(self, *, limit: int = 50, cursor: str | None = None) -> JsonObject:
-        """One page: ``{"items": [...], "next_cursor": ...}``."""
-        params: dict[str, Any] = {"limit": limit}
-        if cursor:
-            params["cursor"] = cursor
-        result: JsonObject = self._json("GET", "/jobs", params=params)
-        return result
+    def list_jobs(self, *, limit: int = 50, offset: int = 0, state: str | None = None) -> list[JsonObject]:
+        """One page of the caller's jobs, newest first."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if state:
+            params["state"] = state
+        return _items(self._json("GET", "/jobs", params=params))
 
-    def iter_jobs(self, *, page_size: int = 100) -> Iterator[JsonObject]:
-        yield from self._paginate(lambda cursor: self.list_jobs(limit=page_size, cursor=cursor))
+    def iter_jobs(self, *, page_size: int = 100, state: str | None = None) -> Iterator[JsonObject]:
+        offset = 0
+        while True:
+            page = self.list_jobs(limit=page_size, offset=offset, state=state)
+            yield from page
+            if len(page) < page_size:
+                return
+            offset += len(page)
 
     def cancel_job(self, job_id: str) -> JsonObject:
         result: JsonObject = self._json("POST", f"/jobs/{job_id}/cancel")
@@ -168,25 +173,25 @@ class MemauditClient:
         return _items(body)
 
     def scores_page(
-        self, job_id: str, *, limit: int = 1000, cursor: str | None = None, order: str = "desc"
+        self, job_id: str, *, limit: int = 1000, cursor: str | None = None, sort: str = "score_desc"
     ) -> JsonObject:
-        params: dict[str, Any] = {"limit": limit, "order": order}
+        """One keyset page: ``{"items": [...], "next_cursor": ..., "provisional": ...}``.
+
+        ``sort`` is ``score_desc`` (most memorized first), ``score_asc`` or ``sample_id``.
+        """
+        params: dict[str, Any] = {"limit": limit, "sort": sort}
         if cursor:
             params["cursor"] = cursor
         result: JsonObject = self._json("GET", f"/jobs/{job_id}/scores", params=params)
         return result
 
-    def iter_scores(self, job_id: str, *, page_size: int = 1000, order: str = "desc") -> Iterator[JsonObject]:
+    def iter_scores(
+        self, job_id: str, *, page_size: int = 1000, sort: str = "score_desc"
+    ) -> Iterator[JsonObject]:
         """Every score of a job, following the keyset cursor page by page."""
-        yield from self._paginate(
-            lambda cursor: self.scores_page(job_id, limit=page_size, cursor=cursor, order=order)
-        )
-
-    @staticmethod
-    def _paginate(fetch: Callable[[str | None], JsonObject]) -> Iterator[JsonObject]:
         cursor: str | None = None
         while True:
-            page = fetch(cursor)
+            page = self.scores_page(job_id, limit=page_size, cursor=cursor, sort=sort)
             yield from _items(page)
             cursor = page.get("next_cursor")
             if not cursor:

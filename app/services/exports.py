@@ -1,0 +1,129 @@
+"""All scores of a job as CSV or Parquet, streamed: rows are read in batches through a server-side
+cursor (yield_per) and written out batch by batch, so memory stays flat for millions of rows.
+
+The generators open their own session: a streamed body outlives the request's session.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import select
+
+from app.db import Job, SampleScore, get_sessionmaker
+
+BATCH_ROWS = 20_000  # rows per DB fetch, CSV chunk and Parquet row group
+COLUMNS = ("sample_id", "rank", "score", "log_p_in", "log_p_out", "n_in", "n_out", "rho", "copy_count")
+_INTEGER_COLUMNS = frozenset({"sample_id", "rank", "n_in", "n_out"})
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
+
+Row = Sequence[Any]
+
+
+def score_batches(job_id: str, batch_rows: int = BATCH_ROWS) -> Iterator[Sequence[Row]]:
+    """(sample_id order) batches of rows; on PostgreSQL a server-side cursor, never the whole table."""
+    columns = [getattr(SampleScore, name) for name in COLUMNS]
+    query = (select(*columns).where(SampleScore.job_id == job_id).order_by(SampleScore.sample_id)
+             .execution_options(yield_per=batch_rows))
+    with get_sessionmaker()() as session:
+        result = session.execute(query)
+        yield from result.partitions()
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return repr(float(value)) if isinstance(value, float) else value  # repr: shortest exact round-trip
+
+
+def csv_stream(job_id: str, batch_rows: int = BATCH_ROWS) -> Iterator[bytes]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for batch in score_batches(job_id, batch_rows):
+        writer.writerows([_csv_value(value) for value in row] for row in batch)
+        yield buffer.getvalue().encode("utf-8")
+        buffer.seek(0)
+        buffer.truncate()
+    tail = buffer.getvalue()
+    if tail:
+        yield tail.encode("utf-8")
+
+
+class _ChunkSink:
+    """A write-only file that hands over what was written since the last ``take()``.
+
+    pyarrow's ParquetWriter writes row groups in order and the footer last, so the file can be sent
+    while it is being written; only ``tell`` (for the footer's offsets) must count every byte.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._position = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        chunk = bytes(data)
+        self._chunks.append(chunk)
+        self._position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+
+def parquet_schema(job: Job | None = None) -> Any:
+    import pyarrow as pa
+
+    fields = [pa.field(name, pa.int64() if name in _INTEGER_COLUMNS else pa.float64(),
+                       nullable=name != "sample_id") for name in COLUMNS]
+    metadata = {}
+    if job is not None:  # the file says which audit it came from
+        metadata = {"memaudit.job_id": job.id, "memaudit.kind": job.kind,
+                    "memaudit.provisional": str(bool(job.scores_provisional)).lower()}
+    return pa.schema(fields, metadata=metadata)
+
+
+def _record_batch(batch: Sequence[Row], schema: Any) -> Any:
+    import pyarrow as pa
+
+    columns = list(zip(*batch, strict=True))
+    arrays = []
+    for field, values in zip(schema, columns, strict=True):
+        if pa.types.is_floating(field.type):
+            values = tuple(None if v is None or not math.isfinite(v) else v for v in values)
+        arrays.append(pa.array(values, type=field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def parquet_stream(job: Job, batch_rows: int = BATCH_ROWS) -> Iterator[bytes]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = parquet_schema(job)
+    sink = _ChunkSink()
+    writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd")
+    try:
+        for batch in score_batches(job.id, batch_rows):
+            writer.write_batch(_record_batch(batch, schema), row_group_size=len(batch))
+            chunk = sink.take()
+            if chunk:
+                yield chunk
+    finally:
+        writer.close()
+    yield sink.take()
