@@ -10,6 +10,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
 
+# One cancellation type for every job kind, so workers handle VAE and GAN units alike.
+from models.training import Cancelled
+
+__all__ = ["Cancelled", "GanConfig", "MrganConfig", "SweepConfig", "config_from_dict", "config_to_dict"]
+
 GanArch = Literal["mlp", "dcgan"]
 RejectionMode = Literal["G", "GD"]
 GAN_ARCHS: tuple[str, ...] = get_args(GanArch)
@@ -17,10 +22,6 @@ REJECTION_MODES: tuple[str, ...] = get_args(RejectionMode)
 DCGAN_SIZES = (28, 32)
 
 _T = TypeVar("_T")
-
-
-class Cancelled(Exception):
-    """Raised between training steps when ``should_stop()`` returns True (cooperative cancel)."""
 
 
 def _require(condition: bool, field: str, message: str) -> None:
