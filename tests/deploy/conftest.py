@@ -95,7 +95,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     database, broker = f"sqlite:///{tmp / 'memaudit.db'}", f"sqla+sqlite:///{tmp / 'broker.db'}"
     with running_stack(tmp, database, broker, API_KEYS) as stack:
         port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+        config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
+        server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         url = f"http://127.0.0.1:{port}"
