@@ -88,11 +88,11 @@ def _context(
     heldout: np.ndarray | None,
 ) -> FitContext:
     n, seed, latent = images.shape[0], audit_cfg.seed, model_cfg.latent
-    data = torch.as_tensor(np.ascontiguousarray(images, dtype=np.float32), device=device)
+    data = torch.as_tensor(images, dtype=torch.get_default_dtype(), device=device)
     external = (
         None
         if heldout is None
-        else torch.as_tensor(np.ascontiguousarray(heldout, dtype=np.float32), device=device)
+        else torch.as_tensor(heldout, dtype=torch.get_default_dtype(), device=device)
     )
     return FitContext(
         model_cfg=model_cfg,

@@ -191,7 +191,7 @@ def _padded_heldout(ctx: FitContext, model_ids: list[int]) -> tuple[torch.Tensor
     width = max(len(s) for s in sets)
     index = np.stack([np.pad(s, (0, width - len(s)), mode="edge") for s in sets])
     mask = np.stack([np.arange(width) < len(s) for s in sets])
-    return torch.from_numpy(index).to(ctx.device), torch.from_numpy(mask).to(ctx.device, torch.float32)
+    return torch.from_numpy(index).to(ctx.device), torch.from_numpy(mask).to(ctx.device, torch.get_default_dtype())
 
 
 def _repr_and_eps_sources(
@@ -270,8 +270,9 @@ def fit_stack(ctx: FitContext, model_ids: list[int], batched: bool) -> StackOutc
     """Train the given models together (batched) or a single one, evaluating as configured."""
     stack = _build_stack(ctx, model_ids, batched)
     epochs = ctx.train_cfg.epochs
+    # fused: one kernel per parameter tensor; the same arithmetic for stacked and single models
     optimizer = torch.optim.Adam(
-        stack.parameters(), lr=ctx.train_cfg.lr, weight_decay=ctx.train_cfg.weight_decay
+        stack.parameters(), lr=ctx.train_cfg.lr, weight_decay=ctx.train_cfg.weight_decay, fused=True
     )
     train_sets = [training_indices(ctx.folds_of, m) for m in model_ids]
     order_gens = [generator(ctx.audit_cfg.seed, Purpose.ORDER, m) for m in model_ids]
