@@ -36,8 +36,12 @@ def run_one(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(args.threads)
     images = _digits()
     audit_cfg = AuditConfig(
-        folds=args.folds, repeats=args.repeats, is_samples=args.is_samples, strategy=args.strategy,
-        device="cpu", models_per_unit=args.models_per_unit,
+        folds=args.folds,
+        repeats=args.repeats,
+        is_samples=args.is_samples,
+        strategy=args.strategy,
+        device="cpu",
+        models_per_unit=args.models_per_unit,
     )
     model_cfg = ModelConfig(arch=args.arch, hidden=tuple(args.hidden), likelihood="bernoulli")
     started = time.perf_counter()
@@ -66,16 +70,35 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", default="mlp")
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 256])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--unit-sizes", type=int, nargs="+", default=[10], help="batched models_per_unit to try")
+    parser.add_argument(
+        "--unit-sizes", type=int, nargs="+", default=[10], help="batched models_per_unit to try"
+    )
     parser.add_argument("--strategy", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--models-per-unit", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
 def _child(args: argparse.Namespace, strategy: str, unit: int | None) -> dict[str, object]:
-    command = [sys.executable, __file__, "--strategy", strategy, "--epochs", str(args.epochs),
-               "--folds", str(args.folds), "--repeats", str(args.repeats), "--is-samples", str(args.is_samples),
-               "--arch", args.arch, "--threads", str(args.threads), "--hidden", *map(str, args.hidden)]
+    command = [
+        sys.executable,
+        __file__,
+        "--strategy",
+        strategy,
+        "--epochs",
+        str(args.epochs),
+        "--folds",
+        str(args.folds),
+        "--repeats",
+        str(args.repeats),
+        "--is-samples",
+        str(args.is_samples),
+        "--arch",
+        args.arch,
+        "--threads",
+        str(args.threads),
+        "--hidden",
+        *map(str, args.hidden),
+    ]
     if unit is not None:
         command += ["--models-per-unit", str(unit)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -91,17 +114,24 @@ def main() -> int:
         return 0
     sequential = _child(args, "sequential", None)
     rows = [_child(args, "batched", unit) for unit in args.unit_sizes]
-    print(f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"{args.threads} threads, digits 1797x8x8, {args.arch} {args.hidden}, K*L={args.folds * args.repeats}, "
-          f"{args.epochs} epochs, S={args.is_samples}\n")
-    print("| strategy | models/unit | wall s | train s | IS s | per-model step ms | decoder passes/s "
-          "| peak RSS MiB | speed-up vs sequential |")
+    print(
+        f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+        f"{args.threads} threads, digits 1797x8x8, {args.arch} {args.hidden}, "
+        f"K*L={args.folds * args.repeats}, "
+        f"{args.epochs} epochs, S={args.is_samples}\n"
+    )
+    print(
+        "| strategy | models/unit | wall s | train s | IS s | per-model step ms | decoder passes/s "
+        "| peak RSS MiB | speed-up vs sequential |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in [sequential, *rows]:
         ratio = float(sequential["wall_s"]) / float(row["wall_s"])  # type: ignore[arg-type]
-        print(f"| {row['strategy']} | {row['models_per_unit'] or '-'} | {row['wall_s']} | {row['train_s']} "
-              f"| {row['is_s']} | {row['per_model_step_ms']} | {row['decoder_passes_per_s']} "
-              f"| {row['peak_rss_mib']} | {ratio:.2f}x |")
+        print(
+            f"| {row['strategy']} | {row['models_per_unit'] or '-'} | {row['wall_s']} | {row['train_s']} "
+            f"| {row['is_s']} | {row['per_model_step_ms']} | {row['decoder_passes_per_s']} "
+            f"| {row['peak_rss_mib']} | {ratio:.2f}x |"
+        )
     return 0
 
 

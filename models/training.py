@@ -191,7 +191,9 @@ def _padded_heldout(ctx: FitContext, model_ids: list[int]) -> tuple[torch.Tensor
     width = max(len(s) for s in sets)
     index = np.stack([np.pad(s, (0, width - len(s)), mode="edge") for s in sets])
     mask = np.stack([np.arange(width) < len(s) for s in sets])
-    return torch.from_numpy(index).to(ctx.device), torch.from_numpy(mask).to(ctx.device, torch.get_default_dtype())
+    return torch.from_numpy(index).to(ctx.device), torch.from_numpy(mask).to(
+        ctx.device, torch.get_default_dtype()
+    )
 
 
 def _repr_and_eps_sources(
