@@ -44,6 +44,16 @@ class Settings(BaseSettings):
     webhook_secret: str = Field(default="", description="HMAC-SHA256 key for webhook signatures")
     webhook_max_attempts: int = Field(default=6, description="Deliveries per event before giving up")
     page_size_max: int = 1000
+    # Reliability (docs/reliability.md): heartbeats of running units, the reconciler that re-enqueues
+    # work the broker lost, bounded redelivery, and the per-owner rate limit on job creation.
+    heartbeat_interval_s: float = Field(default=15.0, gt=0, description="Running units beat this often")
+    stale_after_s: float = Field(default=120.0, gt=0, description="A unit silent this long is re-enqueued")
+    reconcile_interval_s: float = Field(default=30.0, gt=0, description="Workers reconcile this often")
+    max_unit_attempts: int = Field(default=3, ge=1, description="Starts of one unit before the job fails")
+    job_rate_limit: int = Field(default=30, ge=0, description="Jobs one owner may create per window; 0 = off")
+    job_rate_window_s: int = Field(default=60, ge=1, description="Window of the job-creation rate limit")
+    # Test-only: a directory of fault-point files (app/faults.py). Never set it in production.
+    fault_dir: Path | None = Field(default=None, description="TEST ONLY: fault-injection directory")
 
     @field_validator("visibility_timeout_s")
     @classmethod

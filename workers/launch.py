@@ -40,18 +40,27 @@ def run_workers(device: str) -> int:
 
 
 def run_one_worker(device: str) -> int:
-    from celery.signals import worker_ready
+    from celery.signals import worker_process_init, worker_ready
 
+    from app.settings import get_settings
     from workers.celery_app import QUEUE, get_celery
-    from workers.reconcile import reconcile
+    from workers.reconcile import reconcile, start_periodic
 
     def _on_ready(**_kwargs: object) -> None:
         try:
             reconcile()
-        except Exception:  # a failed reconcile must not stop the worker; it is retried next start
+        except Exception:  # a failed reconcile must not stop the worker; the periodic one retries
             log.exception("reconcile at start-up failed")
+        start_periodic(get_settings().reconcile_interval_s)
+
+    def _on_child_start(**_kwargs: object) -> None:
+        from app.db import get_engine
+
+        # A pool child forked after the parent used the DB must not share the parent's sockets.
+        get_engine().dispose(close=False)
 
     worker_ready.connect(_on_ready, weak=False)
+    worker_process_init.connect(_on_child_start, weak=False)
     name = f"memaudit-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
     argv = ["worker", "-Q", QUEUE, "-c", "1", "--pool", "prefork", "-n", name, "-l", "INFO",
             "--without-gossip", "--without-mingle", "--without-heartbeat"]

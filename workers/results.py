@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from app.faults import fault_point
 from app.services.score_writer import ScoreArrays
 from models.audit import AuditResult, Scores, UnitResult, combine, fold_assignment, load_unit, save_unit
 from models.audit import assemble as assemble_units
@@ -26,8 +27,12 @@ def write_artifact(path: Path, result: UnitResult) -> None:
     """Atomic: a reader (or a worker killed mid-write) never sees half an artifact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    save_unit(temp, result)
-    os.replace(temp, path)
+    try:
+        save_unit(temp, result)
+        fault_point("artifact_write")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)  # a failed write (disk full) leaves no partial file behind
 
 
 def combine_units(paths: list[Path], n_samples: int, audit: AuditConfig) -> Scores:

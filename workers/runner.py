@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.db import Job, Unit, session_scope, utcnow
+from app.faults import fault_point
 from app.services.datasets import load_dataset_spec
 from app.services.errors import ServiceError
 from app.services.score_writer import write_scores
@@ -31,6 +32,7 @@ from models.audit import Cancelled, plan_units, resolve_device, train_unit
 from models.imageset import ImageSet
 from workers import state
 from workers.celery_app import FINISH_JOB, RUN_UNIT, enqueue
+from workers.heartbeat import heartbeat
 from workers.results import (
     artifact_path,
     combine_units,
@@ -42,7 +44,6 @@ from workers.results import (
 )
 
 log = logging.getLogger(__name__)
-MAX_UNIT_ATTEMPTS = 3
 PROGRESS_EVERY_S = 1.0
 _DATA_CACHE: OrderedDict[str, ImageSet] = OrderedDict()
 
@@ -107,11 +108,17 @@ class UnitMonitor:
         self._last_write = 0.0
 
     def progress(self, event: Any) -> None:
+        fault_point("unit_epoch")
         now = time.monotonic()
         if now - self._last_write < PROGRESS_EVERY_S:
             return
         self._last_write = now
-        epoch = int(getattr(event, "epoch", 0))
+        try:
+            self._write_progress(int(getattr(event, "epoch", 0)))
+        except OperationalError:  # a dropped DB connection must not kill the unit; the next beat retries
+            log.warning("progress write for job %s failed; continuing", self.job_id, exc_info=True)
+
+    def _write_progress(self, epoch: int) -> None:
         with session_scope() as session:
             job, unit = session.get(Job, self.job_id), session.get(Unit, self.unit_id)
             if job is None or unit is None:
@@ -124,8 +131,12 @@ class UnitMonitor:
             job.updated_at = utcnow()
 
     def should_stop(self) -> bool:
-        with session_scope() as session:
-            return state.cancel_requested(session, self.job_id)
+        try:
+            with session_scope() as session:
+                return state.cancel_requested(session, self.job_id)
+        except OperationalError:  # unknown for now: keep training, ask again after the next epoch
+            log.warning("cancel check for job %s failed; continuing", self.job_id, exc_info=True)
+            return False
 
 
 def _claim_unit(session: Session, job_id: str, index: int) -> tuple[Job, Unit] | None:
@@ -139,7 +150,7 @@ def _claim_unit(session: Session, job_id: str, index: int) -> tuple[Job, Unit] |
         return None
     if unit.state == "done" and unit.artifact_path and Path(unit.artifact_path).is_file():
         return None
-    if unit.attempts >= MAX_UNIT_ATTEMPTS:
+    if unit.attempts >= get_settings().max_unit_attempts:
         message = f"unit {index} was started {unit.attempts} times and never finished (its worker died)"
         state.mark_failed(session, job_id, message)
         return None
@@ -157,6 +168,10 @@ def run_unit(job_id: str, index: int) -> None:
             _finish_if_complete(session, job_id)
             return
         job, unit = claimed
+        done_before = artifact_path(get_settings().resolved_artifacts_dir, job_id, index)
+        if done_before.is_file():  # an earlier attempt wrote it (artifacts are atomic) but was not recorded
+            _record_unit_done(job_id, unit.id, done_before, 0.0)
+            return
         configs = build_configs(job.spec, str(worker_device()))
         try:
             train = _images(session, job, "dataset").images  # (N, C, H, W) float32 in [0, 1]
@@ -173,9 +188,10 @@ def _train_and_record(
     monitor = UnitMonitor(job.id, unit, job.units_total, configs.training.epochs)
     started = time.monotonic()
     try:
-        result = train_unit(train, configs.model, configs.training, configs.audit, list(unit.model_ids),
-                            device=worker_device(), progress=monitor.progress,
-                            should_stop=monitor.should_stop, heldout=heldout)
+        with heartbeat(unit.id, get_settings().heartbeat_interval_s):
+            result = train_unit(train, configs.model, configs.training, configs.audit, list(unit.model_ids),
+                                device=worker_device(), progress=monitor.progress,
+                                should_stop=monitor.should_stop, heldout=heldout)
     except Cancelled:
         with session_scope() as session:
             _reset_unit(session, unit.id)
@@ -197,6 +213,18 @@ def _train_and_record(
             state.mark_failed(session, job.id, f"unit {unit.index}: cannot write its artifact: {error}")
         return
     _record_unit_done(job.id, unit.id, path, time.monotonic() - started)
+
+
+def release_after_db_error(job_id: str, index: int) -> None:
+    """A transient DB error is not a worker death: give the attempt back before Celery retries.
+    Best effort: if the DB is still down the attempt stays counted (still bounded)."""
+    try:
+        with session_scope() as session:
+            unit = session.scalar(select(Unit).where(Unit.job_id == job_id, Unit.index == index))
+            if unit is not None and unit.state == "running":
+                unit.state, unit.attempts = "pending", max(unit.attempts - 1, 0)
+    except OperationalError:
+        log.warning("could not release unit %s of job %s after a DB error", index, job_id, exc_info=True)
 
 
 def _reset_unit(session: Session, unit_id: int) -> None:
@@ -258,6 +286,7 @@ def finish_job(job_id: str) -> None:
             return
         paths = _done_artifacts(session, job_id)
         final = final_result(paths, job.n_samples, build_configs(job.spec).audit)
+        fault_point("finish")
         write_generated(paths[0].parent, final)
         write_scores(session, job_id, score_arrays(final.scores), units=len(units), provisional=False)
         _mark_succeeded(session, job_id, summarize(final))

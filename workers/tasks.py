@@ -19,7 +19,11 @@ def plan_job(job_id: str) -> None:
 
 @shared_task(name=RUN_UNIT, acks_late=True, **_RETRY)
 def run_unit(job_id: str, index: int) -> None:
-    runner.run_unit(job_id, index)
+    try:
+        runner.run_unit(job_id, index)
+    except OperationalError:
+        runner.release_after_db_error(job_id, index)
+        raise
 
 
 @shared_task(name=FINISH_JOB, acks_late=True, **_RETRY)
