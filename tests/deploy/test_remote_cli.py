@@ -1,0 +1,154 @@
+"""End to end over real HTTP: `memaudit submit/status/wait/scores/export/report/export-mlflow` against a
+live embedded server (uvicorn + SQLite + a real Celery worker process)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from memaudit_client import MemauditClient, MemauditError, WaitTimeout
+
+from app.cli import main
+from tests.deploy.chromium import chromium_or_skip, console_messages, probe_copy, probe_result, run_chromium
+from tests.deploy.conftest import LiveServer
+from tests.service.jobdata import digits_subset
+
+N_TRAIN, N_HELDOUT = 60, 30
+
+
+def _cli(server: LiveServer, capsys: pytest.CaptureFixture[str], *args: str,
+         api_key: str | None = None) -> tuple[int, str, str]:
+    code = main([*args, "--server", server.url, "--api-key", api_key or server.api_key])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def finished_job(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One small audit with a held-out set, submitted through the CLI (a file upload + a spec file)."""
+    folder = tmp_path_factory.mktemp("submit")
+    np.savez_compressed(folder / "train.npz", images=digits_subset(N_TRAIN))
+    np.savez_compressed(folder / "heldout.npz", images=digits_subset(N_HELDOUT, offset=500))
+    spec = {"model": {"arch": "mlp", "hidden": [32], "latent": 4},
+            "training": {"epochs": 2, "batch_size": 32},
+            "audit": {"folds": 3, "repeats": 1, "is_samples": 8, "seed": 3, "models_per_unit": 3,
+                      "n_generated": N_HELDOUT}}
+    (folder / "spec.json").write_text(json.dumps(spec))
+    code = main(["submit", str(folder / "train.npz"), "--heldout", str(folder / "heldout.npz"),
+                 "--spec", str(folder / "spec.json"), "--eval-every", "1", "--wait", "--timeout", "240",
+                 "--server", live_server.url, "--api-key", live_server.api_key])
+    assert code == 0
+    with MemauditClient(live_server.url, live_server.api_key) as client:
+        jobs = client.list_jobs(limit=1)
+        assert jobs and jobs[0]["state"] == "succeeded", jobs
+        return client.get_job(jobs[0]["id"])
+
+
+def test_submit_applied_flags_over_the_spec_file(finished_job: dict[str, Any]) -> None:
+    spec = finished_job["spec"]
+    assert spec["audit"]["eval_every"] == 1 and spec["audit"]["folds"] == 3
+    assert "id" in spec["dataset"] and "id" in spec["heldout"]
+    assert finished_job["n_samples"] == N_TRAIN
+
+
+def test_status_and_scores(live_server: LiveServer, finished_job: dict[str, Any],
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _cli(live_server, capsys, "status", finished_job["id"], "--once")
+    assert code == 0 and "succeeded" in out and "scores final" in out
+    code, out, _ = _cli(live_server, capsys, "scores", finished_job["id"], "--top", "5")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0].split("\t")[:3] == ["rank", "sample_id", "score"]
+    ranks = [int(line.split("\t")[0]) for line in lines[1:]]
+    assert ranks == [1, 2, 3, 4, 5]
+    scores = [float(line.split("\t")[2]) for line in lines[1:]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_exports_match_paged_scores(live_server: LiveServer, finished_job: dict[str, Any], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with MemauditClient(live_server.url, live_server.api_key) as client:
+        rows = client.iter_scores(finished_job["id"], page_size=7)
+        paged = {row["sample_id"]: row["score"] for row in rows}
+    assert len(paged) == N_TRAIN
+    code, _, _ = _cli(live_server, capsys, "export", finished_job["id"], "--format", "csv",
+                      "--out", str(tmp_path / "s.csv"))
+    assert code == 0
+    with (tmp_path / "s.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {int(r["sample_id"]): float(r["score"]) for r in rows} == paged
+    code, _, _ = _cli(live_server, capsys, "export", finished_job["id"], "--format", "parquet",
+                      "--out", str(tmp_path / "s.parquet"))
+    table = pq.read_table(tmp_path / "s.parquet")
+    assert code == 0 and dict(zip(table.column("sample_id").to_pylist(), table.column("score").to_pylist(),
+                                  strict=True)) == paged
+
+
+def test_report_of_a_real_job_renders_in_chromium(live_server: LiveServer, finished_job: dict[str, Any],
+                                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report.html"
+    code, _, _ = _cli(live_server, capsys, "report", finished_job["id"], "--out", str(out))
+    html = out.read_text()
+    assert code == 0
+    assert "Histogram of M" in html and "Quantiles of M over training" in html and "Loss curves" in html
+    assert "nearest held-out" in html and "nearest generated" in html and "Spearman" in html
+    binary = chromium_or_skip()
+    probed = run_chromium(binary, probe_copy(html, tmp_path / "probe.html"), tmp_path / "profile",
+                          "--dump-dom", "--virtual-time-budget=5000")
+    assert not console_messages(probed.stderr), console_messages(probed.stderr)
+    result = probe_result(probed.stdout)
+    assert result["images"] == result["loaded"] == html.count("<img ") >= 3 * 24
+
+
+def test_export_mlflow_logs_params_metrics_and_artifacts(
+    live_server: LiveServer, finished_job: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    code, out, err = _cli(live_server, capsys, "export-mlflow", finished_job["id"], "--tracking-uri", uri)
+    assert code == 0, err
+    run = MlflowClient(tracking_uri=uri).get_run(out.strip())
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["memaudit.job_id"] == finished_job["id"]
+    assert run.data.params["audit.folds"] == "3" and run.data.params["model.latent"] == "4"
+    quantiles = finished_job["summary"]["quantiles"]
+    assert run.data.metrics["M_q0.95"] == pytest.approx(quantiles["0.95"])
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "epoch_M_q0.95")
+    assert sorted(m.step for m in history) == [1, 2]
+    artifacts = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run.info.run_id)}
+    assert artifacts == {"report.html", "scores.parquet"}
+
+
+def test_server_errors_are_one_line_and_exit_1(live_server: LiveServer, capsys: pytest.CaptureFixture[str],
+                                               finished_job: dict[str, Any]) -> None:
+    code, _, err = _cli(live_server, capsys, "status", "no-such-job")
+    assert code == 1 and err.count("\n") == 1 and "404" in err and "job_id" in err
+    code, _, err = _cli(live_server, capsys, "status", finished_job["id"], api_key="deploy-other-key")
+    assert code == 1 and "404" in err  # another owner's job is invisible
+    code, _, err = _cli(live_server, capsys, "scores", api_key="wrong-key")
+    assert code == 1 and err.count("\n") == 1 and "401" in err
+    code, _, err = _cli(live_server, capsys, "submit", "builtin:digits", "--folds", "1")
+    assert code == 1 and err.count("\n") == 1 and "422" in err and "audit.folds" in err
+    code = main(["status", "x", "--server", "http://127.0.0.1:9"])
+    assert code == 1 and "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_wait_times_out_then_cancel(live_server: LiveServer, finished_job: dict[str, Any],
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with MemauditClient(live_server.url, live_server.api_key) as client:
+        job = client.create_job({"dataset": {"builtin": "digits"}, "training": {"epochs": 500},
+                                 "audit": {"folds": 2, "repeats": 1, "is_samples": 4}})
+        with pytest.raises(WaitTimeout):
+            client.wait(job["id"], timeout=0.5, poll_interval=0.1)
+        code, out, _ = _cli(live_server, capsys, "cancel", job["id"])
+        assert code == 0 and ("cancelled" in out or "cancelling" in out)
+        final = client.wait(job["id"], timeout=120, poll_interval=0.2)
+        assert final["state"] == "cancelled"
+        with pytest.raises(MemauditError) as error:
+            client.cancel_job(job["id"])
+        assert error.value.status_code == 409
