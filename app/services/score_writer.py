@@ -1,4 +1,4 @@
-"""Writing a job's per-sample scores in bulk: COPY on PostgreSQL, executemany on SQLite.
+"""Writing a job's per-sample scores in bulk: binary COPY on PostgreSQL, executemany on SQLite.
 
 A write replaces the job's whole score set in one transaction, so readers see either the old set
 or the new one. Writers are serialised per job by first touching the job row (a row lock on
@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db import Job, SampleScore, is_postgres, utcnow
-from app.faults import fault_point
+from app.services.pg_copy import binary_copy_chunks
 
 COLUMNS = ("job_id", "sample_id", "score", "log_p_in", "log_p_out", "n_in", "n_out", "rank")
 
@@ -52,12 +52,14 @@ def _rows(job_id: str, arrays: ScoreArrays) -> list[tuple[object, ...]]:
     ))
 
 
-def _copy_rows(session: Session, rows: list[tuple[object, ...]]) -> None:
+def _copy_binary(session: Session, job_id: str, arrays: ScoreArrays) -> None:
+    columns = {"score": arrays.score, "log_p_in": arrays.log_p_in, "log_p_out": arrays.log_p_out,
+               "n_in": arrays.n_in, "n_out": arrays.n_out, "rank": ranks(arrays.score)}
     driver = session.connection().connection.driver_connection
-    statement = f"COPY sample_scores ({', '.join(COLUMNS)}) FROM STDIN"
+    statement = f"COPY sample_scores ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
     with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
-        for row in rows:
-            copy.write_row(row)
+        for chunk in binary_copy_chunks(job_id, columns):
+            copy.write(chunk)
 
 
 def _insert_rows(session: Session, rows: list[tuple[object, ...]]) -> None:
@@ -78,11 +80,12 @@ def write_scores(session: Session, job_id: str, arrays: ScoreArrays, units: int,
         session.rollback()
         return False
     session.execute(delete(SampleScore).where(SampleScore.job_id == job_id))
-    rows = _rows(job_id, arrays)
-    (_copy_rows if is_postgres(session) else _insert_rows)(session, rows)
+    if is_postgres(session):
+        _copy_binary(session, job_id, arrays)
+    else:
+        _insert_rows(session, _rows(job_id, arrays))
     session.execute(
         update(Job).where(Job.id == job_id).values(scores_units=units, scores_provisional=provisional)
     )
-    fault_point("score_write_provisional" if provisional else "score_write_final")
     session.commit()
     return True
