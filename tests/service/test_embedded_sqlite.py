@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.service.harness import Stack
-from tests.service.jobdata import digits_subset, npy_bytes, npz_bytes, tiny_job
+from tests.service.jobdata import digits_subset, npy_bytes, tiny_job
 
 pytestmark = pytest.mark.service
 

@@ -1,10 +1,10 @@
-"""The score store on a migrated SQLite database: ranks, provisional vs final writes, keyset
-pages with non-finite scores. No worker needed; real DB, no mocks."""
+"""The score store on migrated SQLite and PostgreSQL databases (binary COPY there): ranks,
+provisional vs final writes, keyset pages with non-finite scores. No worker needed; no mocks."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,15 +16,21 @@ from app.services.score_writer import ScoreArrays, ranks, write_scores
 from app.services.scores import score_page, top_scores
 
 
-@pytest.fixture()
-def session(tmp_path: Path) -> Iterator[Session]:
-    url = f"sqlite:///{tmp_path / 'scores.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Session, str]]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('scores') / 'scores.db'}"
+    else:
+        url = request.getfixturevalue("backend_urls")[0]
     upgrade_to_head(url)
     engine = make_engine(url)
+    job_id = str(uuid.uuid4())
     with Session(engine, expire_on_commit=False) as session:
-        session.add(Job(id="job-1", owner="o", spec={}, request_hash="h", n_samples=6, image_shape=[1, 2, 2]))
+        session.add(Job(id=job_id, owner="o", spec={}, request_hash="h", n_samples=6, image_shape=[1, 2, 2]))
         session.commit()
-        yield session
+        yield session, job_id
     engine.dispose()
 
 
@@ -39,22 +45,28 @@ def test_ranks_put_ties_by_id_and_non_finite_last() -> None:
     assert ranks(np.array([0.5, np.nan, 2.0, 0.5, -np.inf])).tolist() == [2, 4, 1, 3, 5]
 
 
-def test_provisional_never_overwrites_newer_or_final(session: Session) -> None:
-    assert write_scores(session, "job-1", _arrays([1, 2, 3, 4, 5, 6]), units=2, provisional=True)
-    assert not write_scores(session, "job-1", _arrays([9, 9, 9, 9, 9, 9]), units=1, provisional=True)
-    assert write_scores(session, "job-1", _arrays([6, 5, 4, 3, 2, 1]), units=4, provisional=False)
-    assert not write_scores(session, "job-1", _arrays([0, 0, 0, 0, 0, 0]), units=5, provisional=True)
-    job = session.get(Job, "job-1")
+def test_provisional_never_overwrites_newer_or_final(store: tuple[Session, str]) -> None:
+    session, job_id = store
+    assert write_scores(session, job_id, _arrays([1, 2, 3, 4, 5, 6]), units=2, provisional=True)
+    assert not write_scores(session, job_id, _arrays([9, 9, 9, 9, 9, 9]), units=1, provisional=True)
+    assert write_scores(session, job_id, _arrays([6, 5, 4, 3, 2, 1]), units=4, provisional=False)
+    assert not write_scores(session, job_id, _arrays([0, 0, 0, 0, 0, 0]), units=5, provisional=True)
+    job = session.get(Job, job_id)
     assert job is not None and job.scores_units == 4 and job.scores_provisional is False
-    assert [row.sample_id for row in top_scores(session, "job-1", 3)] == [0, 1, 2]
+    assert [row.sample_id for row in top_scores(session, job_id, 3)] == [0, 1, 2]
 
 
-def test_pages_with_nulls_in_both_orders(session: Session) -> None:
-    write_scores(session, "job-1", _arrays([0.1, np.nan, 3.0, 0.1, np.inf, 2.0]), units=1, provisional=False)
+def test_pages_with_nulls_in_both_orders(store: tuple[Session, str]) -> None:
+    session, job_id = store
+    write_scores(session, job_id, _arrays([0.1, np.nan, 3.0, 0.1, np.inf, 2.0]), units=1, provisional=False)
+    stored = {row.sample_id: row for row in top_scores(session, job_id, 10)}
+    assert stored[1].score is None and stored[4].score is None and stored[4].log_p_out == -1.0
+    assert stored[2].score == 3.0 and stored[2].log_p_in == 2.0
+    assert stored[2].rank == 1 and stored[1].rank == 5
     for sort, expected in (("score_desc", [2, 5, 0, 3, 1, 4]), ("score_asc", [4, 1, 3, 0, 5, 2])):
         seen, cursor = [], None
         while True:
-            rows, cursor = score_page(session, "job-1", sort, 2, cursor)  # type: ignore[arg-type]
+            rows, cursor = score_page(session, job_id, sort, 2, cursor)  # type: ignore[arg-type]
             seen += [row.sample_id for row in rows]
             if cursor is None:
                 break
