@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.ratelimit import RateLimited
 from app.services.errors import ServiceError, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ def error_body(field: str, message: str, kind: str) -> dict[str, object]:
 async def _service_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServiceError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
+    if isinstance(error, RateLimited):
+        headers = {"Retry-After": str(error.retry_after_s)}
     kind = type(error).__name__.lower()
     return JSONResponse(error_body(error.field, error.message, kind), error.status_code, headers=headers)
 

@@ -96,7 +96,11 @@ def store_upload(
             return StoredUpload(existing, created=False)
         with temp.open("rb") as stream:
             suffix = _suffix_for(stream.read(8), filename, field)
-        images = read_array_file(temp, suffix, settings, field)
+        try:
+            images = read_array_file(temp, suffix, settings, field)
+        except (Invalid, TooLarge) as error:  # name the caller's file, not our temp file
+            error.message = error.message.replace(temp.name, Path(filename).name)
+            raise
         final = settings.uploads_dir / f"{sha256}{suffix}"
         os.replace(temp, final)  # same bytes -> same name: a concurrent twin writes identical content
         return StoredUpload(_insert_dataset(session, owner, sha256, filename, final.name, size, images), True)

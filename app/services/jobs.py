@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import Job, Unit, utcnow
+from app.ratelimit import check_job_rate
 from app.services.datasets import dataset_summary, load_dataset_spec
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.specs import JobCreate, request_hash
@@ -73,6 +74,7 @@ def create_job(session: Session, settings: Settings, owner: str, request: JobCre
         earlier = _by_idempotency_key(session, owner, idempotency_key)
         if earlier is not None:
             return CreatedJob(_same_request(earlier, digest), created=False)
+    check_job_rate(session, settings, owner)
     facts = _validate(request, canonical, session, settings, owner)
     train_facts = facts["train"]
     job = Job(

@@ -15,6 +15,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db import Job, SampleScore, is_postgres, utcnow
+from app.faults import fault_point
 from app.services.pg_copy import binary_copy_chunks
 
 COLUMNS = ("job_id", "sample_id", "score", "log_p_in", "log_p_out", "n_in", "n_out", "rank")
@@ -87,5 +88,6 @@ def write_scores(session: Session, job_id: str, arrays: ScoreArrays, units: int,
     session.execute(
         update(Job).where(Job.id == job_id).values(scores_units=units, scores_provisional=provisional)
     )
+    fault_point("score_write_provisional" if provisional else "score_write_final")
     session.commit()
     return True

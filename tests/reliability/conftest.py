@@ -16,7 +16,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.conftest import running_in_ci
-from tests.service.local_services import ServiceUnavailable, private_postgres
+from tests.service.conftest import API_KEYS
+from tests.service.harness import Stack, running_stack
+from tests.service.local_services import ServiceUnavailable, private_postgres, private_redis
 
 
 def _unavailable(reason: str) -> None:
@@ -44,3 +46,23 @@ def fresh_database(postgres_server: str) -> str:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with ExitStack() as stack:
+        try:
+            url = os.environ.get("MEMAUDIT_TEST_REDIS_URL") or stack.enter_context(private_redis())
+        except (ServiceUnavailable, OSError) as error:
+            _unavailable(str(error))
+        yield url
+
+
+@pytest.fixture(scope="module")
+def keyed_stack(
+    fresh_database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The service harness's stack (API in-process, a real worker) on PostgreSQL, with alice's and
+    bob's keys configured."""
+    with running_stack(tmp_path_factory.mktemp("keyed"), fresh_database, redis_url, API_KEYS) as stack:
+        yield stack

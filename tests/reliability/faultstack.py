@@ -109,7 +109,8 @@ class FaultStack:
         deadline = time.monotonic() + timeout_s
         while self.times_reached(point) < times:
             if time.monotonic() > deadline:
-                raise AssertionError(f"fault point {point} not reached {times}x\n{self.worker_logs()[-4000:]}")
+                tail = self.worker_logs()[-4000:]
+                raise AssertionError(f"fault point {point} not reached {times}x\n{tail}")
             time.sleep(0.05)
 
     # --- jobs ------------------------------------------------------------------------------------
@@ -118,7 +119,9 @@ class FaultStack:
         assert response.status_code == 202, response.text
         return str(response.json()["id"])
 
-    def wait_for(self, job_id: str, states: tuple[str, ...] = TERMINAL, timeout_s: float = 120) -> dict[str, Any]:
+    def wait_for(
+        self, job_id: str, states: tuple[str, ...] = TERMINAL, timeout_s: float = 120
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         job: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -126,7 +129,8 @@ class FaultStack:
             if job.get("state") in states:
                 return job
             time.sleep(0.2)
-        raise AssertionError(f"job never reached {states}: {job}\n--- workers ---\n{self.worker_logs()[-4000:]}")
+        tail = self.worker_logs()[-4000:]
+        raise AssertionError(f"job never reached {states}: {job}\n--- workers ---\n{tail}")
 
     def all_scores(self, job_id: str) -> list[dict[str, Any]]:
         page = self.client.get(f"/jobs/{job_id}/scores", params={"sort": "sample_id", "limit": 1000})
@@ -161,8 +165,9 @@ class FaultStack:
 def score_vector(items: list[dict[str, Any]]) -> np.ndarray:
     """(N, 3) [score, log_p_in, log_p_out] ordered by sample id; NaN for nulls."""
     assert [item["sample_id"] for item in items] == list(range(len(items))), "missing or duplicate samples"
-    return np.array([[np.nan if item[key] is None else item[key] for key in ("score", "log_p_in", "log_p_out")]
-                     for item in items], dtype=np.float64)
+    keys = ("score", "log_p_in", "log_p_out")
+    return np.array([[np.nan if item[key] is None else item[key] for key in keys] for item in items],
+                    dtype=np.float64)
 
 
 @contextmanager

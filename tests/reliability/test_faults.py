@@ -73,7 +73,9 @@ def _crash_and_restart_at(stack: FaultStack, point: str, body: dict[str, Any], a
     return job_id
 
 
-def test_sigkill_mid_unit_training(stack: FaultStack, job_body: dict[str, Any], reference: np.ndarray) -> None:
+def test_sigkill_mid_unit_training(
+    stack: FaultStack, job_body: dict[str, Any], reference: np.ndarray
+) -> None:
     job_id = _crash_and_restart_at(stack, "unit_epoch", job_body, after=4)  # inside the 2nd unit
     _assert_same_as_reference(stack, job_id, reference)
 
@@ -158,7 +160,7 @@ def test_artifact_write_failure_fails_the_job_and_nothing_provisional_looks_fina
     served = stack.client.get("/scores", params={"job_id": job["id"], "top": 5}).json()
     assert served["provisional"] is True
     latest = stack.client.get("/scores", params={"top": 5}).json()
-    assert latest["job_id"] != job["id"], "a failed job's scores must never be served as the latest final ones"
+    assert latest["job_id"] != job["id"], "a failed job's scores must never pass for the latest final ones"
     artifacts = Path(stack.env["MEMAUDIT_DATA_DIR"]) / "artifacts" / job["id"]
     assert sorted(path.name for path in artifacts.iterdir()) == ["unit-0000.npz", "unit-0001.npz"]
 

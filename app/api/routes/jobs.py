@@ -30,6 +30,7 @@ CREATE_RESPONSES: dict[int | str, dict[str, object]] = {
     404: {"description": "dataset id unknown"},
     409: {"description": "Idempotency-Key reused with another body"},
     422: {"description": "invalid spec; the location names the field"},
+    429: {"description": "too many new jobs for this owner; see Retry-After"},
 }
 
 

@@ -1,0 +1,265 @@
+"""A corpus of hostile requests: each gets a 4xx whose message names the problem, and nothing is
+half-written (row counts of datasets/jobs and the uploads directory are unchanged afterwards).
+
+Runs against the service harness on PostgreSQL (API in-process, real worker alive but never fed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from tests.service.conftest import ALICE, bearer
+from tests.service.harness import Stack, environment
+from tests.service.jobdata import digits_subset, npy_bytes, npz_bytes, tiny_job
+
+pytestmark = [pytest.mark.service, pytest.mark.timeout(180)]
+AS_ALICE = bearer(ALICE)
+SMALL_LIMIT = 200_000  # uploads, JSON bodies and uncompressed arrays in the limited app
+
+
+def _npy_header_only(shape: tuple[int, ...], dtype: str = "<u1") -> bytes:
+    """A valid .npy header declaring ``shape`` followed by almost no data (a lie about its size)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + b"\x00" * 16
+
+
+def _npz_with(members: dict[str, bytes], compress: bool = True) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _bomb() -> bytes:
+    """An .npz whose 'images' inflate to 4 MB (50x the limited app's limit) from a few kB."""
+    return _npz_with({"images.npy": npy_bytes(np.zeros((62_500, 8, 8), dtype=np.uint8))})
+
+
+def _object_array() -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([np.zeros((8, 8)), "payload"], dtype=object), allow_pickle=True)
+    return buffer.getvalue()
+
+
+def _float_images(value: float) -> bytes:
+    images = np.full((10, 8, 8), 0.5, dtype=np.float32)
+    images[3, 2, 2] = value
+    return npy_bytes(images)
+
+
+VALID = npz_bytes(digits_subset(20, offset=100))
+
+# (name, file bytes, expected status, words the message must contain)
+UPLOAD_CORPUS: list[tuple[str, bytes, int, tuple[str, ...]]] = [
+    ("garbage", b"this is not an array at all" * 10, 422, ("neither an .npy nor an .npz",)),
+    ("empty", b"", 422, ("empty",)),
+    ("truncated-npy", npy_bytes(digits_subset(20))[:300], 422, ("truncated-npy.npy", "file is smaller")),
+    ("truncated-npz", VALID[: len(VALID) // 2], 422, ("not a readable .npz",)),
+    (
+        "npz-without-images",
+        _npz_with({"pixels.npy": npy_bytes(digits_subset(5))}),
+        422,
+        ("no array named 'images'",),
+    ),
+    ("npz-corrupt-member", _npz_with({"images.npy": b"\x93NUMPY garbage"}), 422, ("images.npy",)),
+    ("object-array", _object_array(), 422, ("not allowed", "object")),
+    ("absurd-shape", _npy_header_only((10**9, 10**6, 8)), 413, ("over the limit",)),
+    ("header-lies-about-size", _npy_header_only((1000, 8, 8)), 422, ("file is smaller",)),
+    ("nan-pixels", _float_images(float("nan")), 422, ("NaN or infinite",)),
+    ("inf-pixels", _float_images(float("inf")), 422, ("NaN or infinite",)),
+    ("complex-dtype", npy_bytes(np.zeros((10, 8, 8), dtype=np.complex64)), 422, ("complex64",)),
+    ("string-dtype", npy_bytes(np.array([["ab"] * 8] * 8)), 422, ("<U2",)),
+    ("one-dimensional", npy_bytes(np.zeros(64, dtype=np.uint8)), 422, ("shape",)),
+    ("pixels-out-of-range", npy_bytes(np.full((10, 8, 8), 300, dtype=np.int32)), 422, ("0..255",)),
+]
+
+
+def _counts(stack: Stack) -> dict[str, Any]:
+    from app.db import Dataset, Job, session_scope
+
+    with session_scope() as session:
+        datasets = session.scalar(select(func.count()).select_from(Dataset))
+        jobs = session.scalar(select(func.count()).select_from(Job))
+    return {"datasets": datasets, "jobs": jobs, "uploads": sorted(os.listdir(stack.data_dir / "uploads"))}
+
+
+@pytest.fixture
+def unchanged(keyed_stack: Stack) -> Iterator[None]:
+    """Asserts that the test left the database and the uploads directory exactly as it found them."""
+    before = _counts(keyed_stack)
+    yield
+    assert _counts(keyed_stack) == before, "a refused request left something behind"
+
+
+@pytest.fixture(scope="module")
+def limited_client(keyed_stack: Stack) -> Iterator[TestClient]:
+    """The same service, built with small limits (the body-limit middleware reads them at start)."""
+    from app.api.main import create_app
+
+    limits = {
+        "MEMAUDIT_MAX_UPLOAD_BYTES": str(SMALL_LIMIT),
+        "MEMAUDIT_MAX_JSON_BYTES": str(SMALL_LIMIT),
+        "MEMAUDIT_MAX_UNCOMPRESSED_BYTES": str(SMALL_LIMIT),
+    }
+    with environment(limits), TestClient(create_app()) as client:
+        yield client
+
+
+def _assert_refused(response: Any, status: int, words: tuple[str, ...]) -> None:
+    assert response.status_code == status, response.text
+    message = " ".join(item["msg"] for item in response.json()["detail"])
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "status", "words"), UPLOAD_CORPUS, ids=[c[0] for c in UPLOAD_CORPUS]
+)
+def test_hostile_uploads_are_refused_and_leave_nothing(
+    limited_client: TestClient,
+    unchanged: None,
+    name: str,
+    payload: bytes,
+    status: int,
+    words: tuple[str, ...],
+) -> None:
+    response = limited_client.post("/datasets", files={"file": (f"{name}.npy", payload)}, headers=AS_ALICE)
+    _assert_refused(response, status, words)
+
+
+def test_decompression_bomb_is_refused_before_inflating(limited_client: TestClient, unchanged: None) -> None:
+    bomb = _bomb()
+    assert len(bomb) < SMALL_LIMIT // 10
+    response = limited_client.post("/datasets", files={"file": ("bomb.npz", bomb)}, headers=AS_ALICE)
+    _assert_refused(response, 413, ("uncompressed size", "exceeds the limit"))
+
+
+@pytest.mark.parametrize(
+    ("extra_bytes", "words"),
+    [
+        (1_000, ("upload exceeds the limit",)),  # within the multipart allowance: the upload's streamed cap
+        (200_000, ("limited to",)),  # far over: refused by its Content-Length before any byte is read
+    ],
+)
+def test_oversized_uploads_are_413(
+    limited_client: TestClient, unchanged: None, extra_bytes: int, words: tuple[str, ...]
+) -> None:
+    big = npy_bytes(np.zeros(((SMALL_LIMIT + extra_bytes) // 64, 8, 8), dtype=np.uint8))
+    response = limited_client.post("/datasets", files={"file": ("big.npy", big)}, headers=AS_ALICE)
+    _assert_refused(response, 413, words)
+
+
+def _chunks(total: int, size: int = 65536) -> Callable[[], Iterator[bytes]]:
+    def generate() -> Iterator[bytes]:
+        for start in range(0, total, size):
+            yield b" " * min(size, total - start)
+
+    return generate
+
+
+def test_oversized_chunked_bodies_are_413_while_streaming(
+    limited_client: TestClient, unchanged: None
+) -> None:
+    # No Content-Length (a generator body is sent chunked): the limit is enforced while counting.
+    headers = {**AS_ALICE, "Content-Type": "application/json"}
+    response = limited_client.post("/jobs", content=_chunks(SMALL_LIMIT * 3)(), headers=headers)
+    _assert_refused(response, 413, ("limited to",))
+    boundary = "xyz"
+    multipart = {**AS_ALICE, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    response = limited_client.post("/datasets", content=_chunks(SMALL_LIMIT * 3)(), headers=multipart)
+    _assert_refused(response, 413, ("limited to",))
+
+
+def test_oversized_json_body_is_413(limited_client: TestClient, unchanged: None) -> None:
+    body = tiny_job({"builtin": "digits"})
+    body["padding"] = "x" * (SMALL_LIMIT + 1)
+    response = limited_client.post(
+        "/jobs", content=json.dumps(body), headers={**AS_ALICE, "Content-Type": "application/json"}
+    )
+    _assert_refused(response, 413, ("limited to",))
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [("", "surprise"), ("model", "depth"), ("training", "momentum"), ("audit", "foldz"), ("dataset", "url")],
+)
+def test_unknown_fields_are_422_naming_them(
+    keyed_stack: Stack, unchanged: None, section: str, field: str
+) -> None:
+    body: dict[str, Any] = tiny_job({"builtin": "digits"})
+    (body[section] if section else body)[field] = 1
+    response = keyed_stack.client.post("/jobs", json=body, headers=AS_ALICE)
+    assert response.status_code == 422, response.text
+    locations = [item["loc"] for item in response.json()["detail"]]
+    assert any(field in loc for loc in locations), locations
+
+
+@pytest.fixture(scope="module")
+def escaping_paths(keyed_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Files and links under the data root that lead outside it, and a valid file outside it."""
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.npy").write_bytes(npy_bytes(digits_subset(20)))
+    root = keyed_stack.data_root
+    (root / "link.npy").symlink_to(outside / "secret.npy")
+    (root / "linkdir").symlink_to(outside, target_is_directory=True)
+    (root / "garbage.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    return {
+        "outside_abs": str(outside / "secret.npy"),
+        "secret_rel": os.path.relpath(outside / "secret.npy", root),
+    }
+
+
+@pytest.mark.parametrize(
+    ("path_key", "words"),
+    [
+        ("../../../../etc/passwd", ("outside the data root",)),
+        ("outside_abs", ("outside the data root",)),
+        ("secret_rel", ("outside the data root",)),
+        ("link.npy", ("outside the data root",)),
+        ("linkdir/secret.npy", ("outside the data root",)),
+        ("garbage.npz", ("not a readable .npz",)),
+        ("missing.npy", ("no file",)),
+    ],
+)
+def test_paths_escaping_the_data_root_or_bad_files_are_refused(
+    keyed_stack: Stack, escaping_paths: dict[str, str], unchanged: None, path_key: str, words: tuple[str, ...]
+) -> None:
+    path = escaping_paths.get(path_key, path_key)
+    response = keyed_stack.client.post("/jobs", json=tiny_job({"path": path}), headers=AS_ALICE)
+    _assert_refused(response, 422, words)
+    assert response.json()["detail"][0]["loc"][:2] == ["dataset", "path"]
+
+
+def test_torchscript_that_is_not_torchscript_is_refused_without_unpickling(tmp_path: Path) -> None:
+    # The API takes no TorchScript yet (VAE jobs only); this is the loader every route will go through.
+    from models.embeddings import load_torchscript
+
+    canary = tmp_path / "ran"
+    import pickle
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (Path.touch, (canary,))
+
+    for name, data in [
+        ("garbage.pt", b"not a zip"),
+        ("pickle.pt", pickle.dumps(Payload())),
+        ("zip.pt", _npz_with({"data.pkl": pickle.dumps(Payload())})),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match="is not a TorchScript file"):
+            load_torchscript(str(tmp_path / name), "cpu", "embedding")
+    assert not canary.exists(), "a pickle payload was executed"
