@@ -31,6 +31,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from app.db import Job
 
 log = logging.getLogger(__name__)
 
@@ -234,3 +238,28 @@ def notify_job_state(url: str | None, job: Mapping[str, Any], previous_state: st
         return False
     body = job_event_body(job, previous_state, int(time.time()))
     return get_dispatcher().submit(url, EVENT_JOB_STATE, body)
+
+
+def notify_on_commit(session: Session, job_id: str, previous_state: str | None = None,
+                     *, changed: bool = True) -> None:
+    """Queue the job's state-change webhook for when ``session`` commits (never if it rolls back).
+
+    Call right after a state transition, inside its transaction: the job row is read now (so it sees
+    the new state), the delivery is queued only once the transition is durable.
+    """
+    if not changed:
+        return
+    job = session.get(Job, job_id)
+    url = (job.spec or {}).get("webhook_url") if job is not None else None
+    if job is None or not url:
+        return
+    snapshot = {"id": job.id, "state": job.state, "kind": job.kind, "progress": dict(job.progress or {}),
+                "summary": job.summary, "error": job.error}
+
+    def _send(_session: Session) -> None:
+        try:
+            notify_job_state(str(url), snapshot, previous_state)
+        except Exception:  # a webhook problem must never fail the transition that triggered it
+            log.exception("could not queue the webhook for job %s", job_id)
+
+    event.listen(session, "after_commit", _send, once=True)

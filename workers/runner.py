@@ -28,6 +28,7 @@ from app.services.errors import ServiceError
 from app.services.score_writer import write_scores
 from app.services.specs import JobConfigs, build_configs
 from app.settings import get_settings
+from app.webhooks import notify_on_commit
 from models.audit import Cancelled, plan_units, resolve_device, train_unit
 from models.imageset import ImageSet
 from workers import state
@@ -296,7 +297,8 @@ def _mark_succeeded(session: Session, job_id: str, summary: dict[str, Any]) -> N
     job = session.get(Job, job_id)
     if job is None or job.state in state.TERMINAL_STATES:
         return
-    now = utcnow()
+    now, previous = utcnow(), job.state
     job.state, job.summary, job.finished_at, job.updated_at = "succeeded", summary, now, now
     job.progress = {"units_done": job.units_total, "units_total": job.units_total, "fraction": 1.0}
+    notify_on_commit(session, job_id, previous)
     session.commit()

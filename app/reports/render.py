@@ -38,9 +38,9 @@ table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #e
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .grid{display:flex;flex-wrap:wrap;gap:10px}
 .card{border:1px solid #d0d7de;border-radius:6px;padding:6px;background:#fff;font-size:12px;width:max-content}
-.card .row{display:flex;gap:6px}.card figure{margin:0;text-align:center}
+.card .row{display:flex;gap:6px}.card figure{margin:0;text-align:center;width:100px}
 .card img{display:block;width:96px;height:96px;object-fit:contain;image-rendering:pixelated;background:#000}
-.card figcaption{color:#57606a;font-size:11px}
+.card figcaption{color:#57606a;font-size:11px;overflow-wrap:anywhere}
 svg.chart{max-width:100%;height:auto;font-size:11px}svg .axis,svg .tick{stroke:#57606a}
 svg .grid{stroke:#eaeef2}svg .bar{fill:#1f6feb}svg .dot{fill:#1f6feb;fill-opacity:.45}
 svg .marker{stroke:#d1495b;stroke-width:2;stroke-dasharray:4 3}svg .marker-label{fill:#d1495b}

@@ -14,7 +14,7 @@ import json
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from models.config import AuditConfig, ModelConfig, TrainConfig
 
@@ -69,6 +69,15 @@ class JobCreate(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)  # type: ignore[valid-type]
     training: TrainingSpec = Field(default_factory=TrainingSpec)  # type: ignore[valid-type]
     audit: AuditSpec = Field(default_factory=AuditSpec)  # type: ignore[valid-type]
+    webhook_url: str | None = Field(default=None, max_length=2048,
+                                    description="POSTed on every state change, signed (docs/integration.md)")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str | None) -> str | None:
+        from app.webhooks import validate_url
+
+        return None if value is None else validate_url(value)
 
     def canonical(self) -> dict[str, Any]:
         """JSON-safe, defaults filled in: what is stored and what the idempotency hash covers."""

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from tests.service.harness import environment, running_stack, wait_for_http
 
 API_KEY, OTHER_KEY = "deploy-test-key", "deploy-other-key"
+WEBHOOK_SECRET = "deploy-webhook-secret"
 API_KEYS = f"alice:{API_KEY},mallory:{OTHER_KEY}"
 SeedJob = Callable[..., str]
 
@@ -93,7 +94,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
     tmp = tmp_path_factory.mktemp("live")
     database, broker = f"sqlite:///{tmp / 'memaudit.db'}", f"sqla+sqlite:///{tmp / 'broker.db'}"
-    with running_stack(tmp, database, broker, API_KEYS) as stack:
+    # The worker subprocess inherits the environment: it signs webhooks with this secret.
+    with environment({"MEMAUDIT_WEBHOOK_SECRET": WEBHOOK_SECRET}), \
+            running_stack(tmp, database, broker, API_KEYS) as stack:
         port = _free_port()
         config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
         server = uvicorn.Server(config)

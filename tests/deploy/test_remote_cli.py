@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ import pytest
 from memaudit_client import MemauditClient, MemauditError, WaitTimeout
 
 from app.cli import main
+from app.webhooks import verify
 from tests.deploy.chromium import chromium_or_skip, console_messages, probe_copy, probe_result, run_chromium
-from tests.deploy.conftest import LiveServer
+from tests.deploy.conftest import WEBHOOK_SECRET, LiveServer
+from tests.deploy.receiver import Receiver, running_receiver
 from tests.service.jobdata import digits_subset
 
 N_TRAIN, N_HELDOUT = 60, 30
@@ -29,7 +32,14 @@ def _cli(server: LiveServer, capsys: pytest.CaptureFixture[str], *args: str,
 
 
 @pytest.fixture(scope="module")
-def finished_job(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def receiver() -> Iterator[Receiver]:
+    with running_receiver() as state:
+        yield state
+
+
+@pytest.fixture(scope="module")
+def finished_job(live_server: LiveServer, receiver: Receiver,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One small audit with a held-out set, submitted through the CLI (a file upload + a spec file)."""
     folder = tmp_path_factory.mktemp("submit")
     np.savez_compressed(folder / "train.npz", images=digits_subset(N_TRAIN))
@@ -37,7 +47,8 @@ def finished_job(live_server: LiveServer, tmp_path_factory: pytest.TempPathFacto
     spec = {"model": {"arch": "mlp", "hidden": [32], "latent": 4},
             "training": {"epochs": 2, "batch_size": 32},
             "audit": {"folds": 3, "repeats": 1, "is_samples": 8, "seed": 3, "models_per_unit": 3,
-                      "n_generated": N_HELDOUT}}
+                      "n_generated": N_HELDOUT},
+            "webhook_url": receiver.url}
     (folder / "spec.json").write_text(json.dumps(spec))
     code = main(["submit", str(folder / "train.npz"), "--heldout", str(folder / "heldout.npz"),
                  "--spec", str(folder / "spec.json"), "--eval-every", "1", "--wait", "--timeout", "240",
@@ -54,6 +65,17 @@ def test_submit_applied_flags_over_the_spec_file(finished_job: dict[str, Any]) -
     assert spec["audit"]["eval_every"] == 1 and spec["audit"]["folds"] == 3
     assert "id" in spec["dataset"] and "id" in spec["heldout"]
     assert finished_job["n_samples"] == N_TRAIN
+
+
+def test_webhooks_announce_each_state_signed(finished_job: dict[str, Any], receiver: Receiver) -> None:
+    receiver.wait_for(2)
+    events = [json.loads(body) for _, _, body in receiver.requests]
+    assert [(e["job"]["previous_state"], e["job"]["state"]) for e in events] == [
+        ("queued", "running"), ("running", "succeeded")]
+    assert all(e["job"]["id"] == finished_job["id"] for e in events)
+    assert events[-1]["job"]["summary"]["quantiles"] == finished_job["summary"]["quantiles"]
+    for _, headers, body in receiver.requests:
+        assert verify(WEBHOOK_SECRET, body, headers["X-Memaudit-Signature"])
 
 
 def test_status_and_scores(live_server: LiveServer, finished_job: dict[str, Any],

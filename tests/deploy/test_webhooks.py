@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -23,48 +20,15 @@ from app.webhooks import (
     validate_url,
     verify,
 )
+from tests.deploy.receiver import Receiver, running_receiver
 
 SECRET = "test-secret-Ω"
 
 
-@dataclass
-class Receiver:
-    """Answers with the queued statuses (then 200) and records every request."""
-
-    url: str
-    statuses: list[int] = field(default_factory=list)
-    delay_s: float = 0.0
-    requests: list[tuple[float, dict[str, str], bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def next_status(self) -> int:
-        with self.lock:
-            return self.statuses.pop(0) if self.statuses else 200
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    state = Receiver(url="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            state.requests.append((time.monotonic(), dict(self.headers.items()), body))
-            time.sleep(state.delay_s)
-            self.send_response(state.next_status())
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/memaudit"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with running_receiver() as state:
+        yield state
 
 
 def _payload(state: str = "succeeded") -> dict[str, Any]:
