@@ -6,14 +6,14 @@ from sqlalchemy.orm import Session
 
 from app.api.schemas import DatasetOut, JobOut, Progress, ScoreOut, ScoresInfo
 from app.db import Dataset, Job, SampleScore
-from app.services.jobs import job_timings, job_units
+from app.services.jobs import aware, job_timings, job_units
 
 
 def dataset_out(row: Dataset) -> DatasetOut:
     return DatasetOut(
         id=row.id, filename=row.filename, sha256=row.sha256, shape=list(row.shape), dtype=row.dtype,
         min=row.min_value, max=row.max_value, count=int(row.shape[0]), size_bytes=row.size_bytes,
-        created_at=row.created_at,
+        created_at=aware(row.created_at),
     )
 
 

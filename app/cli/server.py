@@ -90,6 +90,9 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.embedded_worker and not args.no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "app", "worker"])
         log.info("embedded worker started (pid %d)", worker.pid)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; exit through `finally` (and stop the
+    # embedded worker) instead of dying by the default handler and orphaning the worker.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     try:
         uvicorn.run("app.api.main:create_app", factory=True, host=host, port=port, log_level="info")
     finally:

@@ -21,6 +21,7 @@ from app.services.datasets import dataset_summary, load_dataset_spec
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.specs import JobCreate, request_hash
 from app.settings import Settings
+from app.webhooks import notify_on_commit
 from models.config import AuditConfig, ModelConfig, TrainConfig
 from models.imageset import DataError, check_likelihood_range
 
@@ -125,11 +126,12 @@ def cancel_job(session: Session, owner: str, job_id: str) -> Job:
     job = get_job(session, owner, job_id)
     if job.state in TERMINAL_STATES:
         raise Conflict("state", f"the job already {job.state}")
-    now = utcnow()
+    now, previous = utcnow(), job.state
     job.state = "cancelled" if job.state == "queued" else "cancelling"
     if job.state == "cancelled":
         job.finished_at = now
     job.updated_at = now
+    notify_on_commit(session, job.id, previous)
     session.commit()
     return job
 
@@ -141,10 +143,10 @@ def job_units(session: Session, job_id: str) -> list[Unit]:
 def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
     if start is None or end is None:
         return None
-    return round((_aware(end) - _aware(start)).total_seconds(), 3)
+    return round((aware(end) - aware(start)).total_seconds(), 3)
 
 
-def _aware(moment: dt.datetime) -> dt.datetime:
+def aware(moment: dt.datetime) -> dt.datetime:
     # SQLite returns naive datetimes even for timezone-aware columns; they were stored in UTC.
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
@@ -153,9 +155,9 @@ def job_timings(job: Job, units: list[Unit]) -> dict[str, Any]:
     end = job.finished_at or (utcnow() if job.state in ACTIVE_STATES else None)
     unit_seconds = [unit.seconds for unit in units if unit.seconds is not None]
     return {
-        "created_at": _aware(job.created_at).isoformat(),
-        "started_at": _aware(job.started_at).isoformat() if job.started_at else None,
-        "finished_at": _aware(job.finished_at).isoformat() if job.finished_at else None,
+        "created_at": aware(job.created_at).isoformat(),
+        "started_at": aware(job.started_at).isoformat() if job.started_at else None,
+        "finished_at": aware(job.finished_at).isoformat() if job.finished_at else None,
         "queued_seconds": _seconds(job.created_at, job.started_at),
         "running_seconds": _seconds(job.started_at, end),
         "unit_seconds_total": round(sum(unit_seconds), 3) if unit_seconds else None,
