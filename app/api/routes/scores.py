@@ -35,11 +35,13 @@ def top_scores(
 @router.get("/jobs/{job_id}/scores", operation_id="list_job_scores", response_model=ScorePage,
             responses={404: {"description": "no such job"}})
 def list_job_scores(
-    job_id: JobIdPath, session: SessionDep, owner: OwnerDep,
+    job_id: JobIdPath, session: SessionDep, owner: OwnerDep, settings: SettingsDep,
     sort: service.SortOrder = "score_desc",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, description="page size, at most MEMAUDIT_PAGE_SIZE_MAX")] = 100,
     cursor: Annotated[str | None, Query(max_length=512, description="previous page's next_cursor")] = None,
 ) -> ScorePage:
+    if limit > settings.page_size_max:
+        raise Invalid("limit", f"at most {settings.page_size_max}")
     job = job_service.get_job(session, owner, job_id)
     rows, next_cursor = service.score_page(session, job.id, sort, limit, cursor)
     return ScorePage(job_id=job.id, provisional=job.scores_provisional, sort=sort,
