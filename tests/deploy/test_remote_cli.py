@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,11 +161,12 @@ def test_server_errors_are_one_line_and_exit_1(live_server: LiveServer, capsys: 
     assert code == 1 and "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
 
 
-def test_wait_times_out_then_cancel(live_server: LiveServer, finished_job: dict[str, Any],
+def test_wait_times_out_then_cancel(live_server: LiveServer, finished_job: dict[str, Any], receiver: Receiver,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     with MemauditClient(live_server.url, live_server.api_key) as client:
         job = client.create_job({"dataset": {"builtin": "digits"}, "training": {"epochs": 500},
-                                 "audit": {"folds": 2, "repeats": 1, "is_samples": 4}})
+                                 "audit": {"folds": 2, "repeats": 1, "is_samples": 4},
+                                 "webhook_url": receiver.url})
         with pytest.raises(WaitTimeout):
             client.wait(job["id"], timeout=0.5, poll_interval=0.1)
         code, out, _ = _cli(live_server, capsys, "cancel", job["id"])
@@ -174,3 +176,13 @@ def test_wait_times_out_then_cancel(live_server: LiveServer, finished_job: dict[
         with pytest.raises(MemauditError) as error:
             client.cancel_job(job["id"])
         assert error.value.status_code == 409
+
+    def states() -> list[str]:
+        events = [json.loads(body)["job"] for _, _, body in receiver.requests]
+        return [e["state"] for e in events if e["id"] == job["id"]]
+
+    deadline = time.monotonic() + 10  # the delivery trails the commit that the poll saw
+    while "cancelled" not in states() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen = states()
+    assert seen[-1] == "cancelled" and set(seen) <= {"running", "cancelling", "cancelled"}, seen
