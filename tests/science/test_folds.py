@@ -48,7 +48,8 @@ def _brute_force(
     folds_of: np.ndarray, model_ids: np.ndarray, loglik: np.ndarray, i: int
 ) -> tuple[float, float]:
     folds = folds_of.max() + 1
-    ins, outs = [], []
+    ins: list[float] = []
+    outs: list[float] = []
     for row, m in enumerate(model_ids):
         (outs if folds_of[m // folds, i] == m % folds else ins).append(loglik[row, i])
 
