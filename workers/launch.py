@@ -15,9 +15,11 @@ log = logging.getLogger(__name__)
 
 
 def _visible_gpus() -> int:
-    import torch
-
-    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    """Counted in a throwaway interpreter: touching CUDA here, before Celery forks its pool child,
+    could leave the child unable to initialise CUDA."""
+    probe = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    return int(result.stdout.strip() or 0) if result.returncode == 0 else 0
 
 
 def run_workers(device: str) -> int:
