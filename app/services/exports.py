@@ -6,9 +6,7 @@ The generators open their own session: a streamed body outlives the request's se
 
 from __future__ import annotations
 
-import csv
 import io
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -34,24 +32,20 @@ def score_batches(job_id: str, batch_rows: int = BATCH_ROWS) -> Iterator[Sequenc
         yield from result.partitions()
 
 
-def _csv_value(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    return repr(float(value)) if isinstance(value, float) else value  # repr: shortest exact round-trip
+def csv_bytes(batch: Sequence[Row], schema: Any) -> bytes:
+    """Rows as CSV lines (no header): Arrow's writer, shortest round-trip floats, NULL/NaN as empty."""
+    import pyarrow.csv as pa_csv
+
+    buffer = io.BytesIO()
+    pa_csv.write_csv(_record_batch(batch, schema), buffer, pa_csv.WriteOptions(include_header=False))
+    return buffer.getvalue()
 
 
 def csv_stream(job_id: str, batch_rows: int = BATCH_ROWS) -> Iterator[bytes]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    schema = parquet_schema()
+    yield (",".join(COLUMNS) + "\n").encode("ascii")
     for batch in score_batches(job_id, batch_rows):
-        writer.writerows([_csv_value(value) for value in row] for row in batch)
-        yield buffer.getvalue().encode("utf-8")
-        buffer.seek(0)
-        buffer.truncate()
-    tail = buffer.getvalue()
-    if tail:
-        yield tail.encode("utf-8")
+        yield csv_bytes(batch, schema)
 
 
 class _ChunkSink:
@@ -103,11 +97,9 @@ def _record_batch(batch: Sequence[Row], schema: Any) -> Any:
     import pyarrow as pa
 
     columns = list(zip(*batch, strict=True))
-    arrays = []
-    for field, values in zip(schema, columns, strict=True):
-        if pa.types.is_floating(field.type):
-            values = tuple(None if v is None or not math.isfinite(v) else v for v in values)
-        arrays.append(pa.array(values, type=field.type))
+    # from_pandas: NaN becomes null, so a non-finite value is never exported as a number.
+    arrays = [pa.array(values, type=field.type, from_pandas=True)
+              for field, values in zip(schema, columns, strict=True)]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
