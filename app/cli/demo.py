@@ -20,6 +20,7 @@ import httpx
 
 DEMO_EPOCHS = 30
 POLL_S = 2.0
+PRINT_EVERY_S = 15.0
 START_TIMEOUT_S = 120.0
 JOB_TIMEOUT_S = 3600.0
 SHADES = " .:-=+*#%@"
@@ -30,7 +31,8 @@ def demo_job(epochs: int) -> dict[str, Any]:
         "dataset": {"builtin": "digits"},
         "model": {"arch": "mlp", "hidden": [128, 64], "latent": 8, "likelihood": "bernoulli"},
         "training": {"epochs": epochs, "lr": 1e-3, "batch_size": 64},
-        "audit": {"folds": 5, "repeats": 2, "is_samples": 64, "seed": 0},
+        # Two units of 5 models: after the first (a whole repetition) provisional scores appear.
+        "audit": {"folds": 5, "repeats": 2, "is_samples": 64, "seed": 0, "models_per_unit": 5},
     }
 
 
@@ -56,15 +58,16 @@ def _wait_healthy(client: httpx.Client, server: subprocess.Popen[bytes]) -> None
 
 
 def _poll(client: httpx.Client, job_url: str) -> dict[str, Any]:
-    deadline, last = time.monotonic() + JOB_TIMEOUT_S, ""
+    deadline, last_key, last_print = time.monotonic() + JOB_TIMEOUT_S, None, 0.0
     while time.monotonic() < deadline:
         job: dict[str, Any] = client.get(job_url).raise_for_status().json()
         progress = job["progress"]
-        line = (f"  {job['state']:<10} units {progress['units_done']}/{progress['units_total']}"
-                f"  epoch {progress.get('epoch') or '-'}/{progress.get('epochs') or '-'}")
-        if line != last:
-            print(line, flush=True)
-            last = line
+        key = (job["state"], progress["units_done"], progress["units_total"], job["scores"]["provisional"])
+        if key != last_key or time.monotonic() - last_print > PRINT_EVERY_S:
+            print(f"  {job['state']:<10} units {progress['units_done']}/{progress['units_total']}"
+                  f"  epoch {progress.get('epoch') or '-'}/{progress.get('epochs') or '-'}"
+                  + ("  (provisional scores available)" if job["scores"]["provisional"] else ""), flush=True)
+            last_key, last_print = key, time.monotonic()
         if job["state"] in ("succeeded", "failed", "cancelled"):
             return job
         time.sleep(POLL_S)
