@@ -9,6 +9,7 @@ features (N, F) in float32 on its device, without gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 import torch
@@ -125,10 +126,10 @@ def train_autoencoder(train_images: torch.Tensor, cfg: EmbeddingConfig) -> nn.Mo
 
 def load_torchscript(path: str, device: torch.device | str, what: str) -> torch.jit.ScriptModule:
     """Load a TorchScript module, with a clear error when the file is not one. Never unpickles."""
+    if not Path(path).is_file():
+        raise ValueError(f"{what}: file not found: {path}")
     try:
         module = torch.jit.load(path, map_location=device)
-    except FileNotFoundError as error:
-        raise ValueError(f"{what}: file not found: {path}") from error
     except (RuntimeError, ValueError) as error:
         raise ValueError(
             f"{what}: {path} is not a TorchScript file (save it with torch.jit.script/trace and .save)"
