@@ -7,16 +7,35 @@ shape with their field; anything unexpected is a 500 with no stack trace in the 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.ratelimit import RateLimited
 from app.services.errors import ServiceError, Unauthorized
 
 log = logging.getLogger(__name__)
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx body."""
+
+    detail: list[ErrorItem]
+
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing, malformed, unknown or revoked API key"},
+}
 
 
 def error_body(field: str, message: str, kind: str) -> dict[str, object]:

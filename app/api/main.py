@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app import __version__
-from app.api.errors import install_error_handlers
+from app.api.errors import AUTH_RESPONSES, install_error_handlers
 from app.api.routes import datasets, exports, health, jobs, scores
 from app.bodylimit import BodyLimitMiddleware
 from app.settings import get_settings
@@ -20,8 +20,9 @@ def create_app() -> FastAPI:
         description="Audit generative models for training-data memorization (cross-validated scores).",
     )
     install_error_handlers(app)
-    for module in (health, datasets, jobs, scores, exports):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    for module in (datasets, jobs, scores, exports):  # every route here needs a key when keys exist
+        app.include_router(module.router, responses=AUTH_RESPONSES)
     # Bodies over the limits are refused (413) before they are parsed or spooled, chunked ones too.
     app.add_middleware(BodyLimitMiddleware, json_limit=settings.max_json_bytes,
                        upload_limit=settings.max_upload_bytes)

@@ -16,6 +16,7 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 UPLOAD_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"model": DatasetOut, "description": "the same bytes were uploaded before"},
+    400: {"description": "malformed multipart body"},
     413: {"description": "file too large"},
     422: {"description": "invalid file"},
 }
@@ -38,7 +39,7 @@ def upload_dataset(
 @router.get("", operation_id="list_datasets", response_model=DatasetList)
 def list_datasets(
     session: SessionDep, owner: OwnerDep, settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50, offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> DatasetList:
     rows = service.list_datasets(session, owner, limit, offset)
     return DatasetList(items=[dataset_out(row) for row in rows], limit=limit, offset=offset)

@@ -27,8 +27,10 @@ def _enqueue_plan(job_id: str) -> None:
 
 
 CREATE_RESPONSES: dict[int | str, dict[str, object]] = {
+    400: {"description": "body is not parseable (e.g. not UTF-8 JSON)"},
     404: {"description": "dataset id unknown"},
     409: {"description": "Idempotency-Key reused with another body"},
+    413: {"description": "body over MEMAUDIT_MAX_JSON_BYTES"},
     422: {"description": "invalid spec; the location names the field"},
     429: {"description": "too many new jobs for this owner; see Retry-After"},
 }
@@ -53,7 +55,7 @@ def create_job(
 @router.get("", operation_id="list_jobs", response_model=JobList)
 def list_jobs(
     session: SessionDep, owner: OwnerDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     state: JobState | None = None,
 ) -> JobList:
     rows = service.list_jobs(session, owner, limit, offset, state)

@@ -15,7 +15,7 @@ from app.services.errors import Invalid
 
 router = APIRouter(tags=["scores"])
 JobIdPath = Annotated[str, Path(max_length=64)]
-SampleIdPath = Annotated[int, Path(ge=0)]
+SampleIdPath = Annotated[int, Path(ge=0, le=2**31 - 1)]  # a 32-bit column: larger is a 422, not a 500
 
 
 @router.get("/scores", operation_id="top_scores", response_model=TopScores,
