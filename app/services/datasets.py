@@ -26,7 +26,7 @@ from app.services.errors import Invalid, NotFound, TooLarge
 from app.settings import Settings
 from models.builtin_datasets import BUILTIN_NAMES, is_builtin, load_builtin
 from models.data_files import ensure_inside, read_npy, read_npz
-from models.imageset import DataError, ImageSet, image_set_from_array
+from models.imageset import DataError, DataTooLarge, ImageSet, image_set_from_array
 
 CHUNK = 1 << 20
 NPY_MAGIC = b"\x93NUMPY"
@@ -55,9 +55,9 @@ def read_array_file(path: Path, suffix: str, settings: Settings, field: str) -> 
         else:
             images, labels = read_npy(path, max_bytes=settings.max_uncompressed_bytes, field=field), None
         return image_set_from_array(images, name=path.name, field=field, labels=labels)
+    except DataTooLarge as error:
+        raise TooLarge(error.field, error.message) from None
     except DataError as error:
-        if "bytes" in error.message and ("limit" in error.message or "exceeds" in error.message):
-            raise TooLarge(error.field, error.message) from None
         raise Invalid(error.field, error.message) from None
 
 
