@@ -58,3 +58,23 @@ def test_demo_runs_a_real_audit_and_prints_the_top_samples(tmp_path: Path) -> No
     assert "the three most memorized digits" in result.stdout
     server_log = (tmp_path / "demo-server.log").read_text()
     assert "listening on 127.0.0.1 only" in server_log
+
+
+def test_create_key_stores_only_a_hash_and_the_key_works(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.api.main import create_app
+
+    assert _memaudit(["migrate"], tmp_path, 120).returncode == 0
+    created = _memaudit(["create-key", "carol", "--name", "ci"], tmp_path, 120)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert len(token) > 30
+    for db_file in tmp_path.glob("memaudit.db*"):  # the database and its WAL
+        assert token.encode() not in db_file.read_bytes()
+    database = f"sqlite:///{tmp_path / 'memaudit.db'}"
+    env = {"MEMAUDIT_DATA_DIR": str(tmp_path), "MEMAUDIT_DATABASE_URL": database, "MEMAUDIT_API_KEYS": ""}
+    with environment(env), TestClient(create_app()) as client:
+        assert client.get("/jobs").status_code == 401  # a key in the DB switches auth on
+        assert client.get("/jobs", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert client.get("/jobs", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
