@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -210,7 +211,9 @@ def _watch(client: MemauditClient, job_id: str, timeout: float) -> dict[str, Any
     """Poll until final, drawing a percentage bar on stderr when it is a terminal."""
     from tqdm import tqdm
 
-    with tqdm(total=100, disable=not sys.stderr.isatty(), unit="%", dynamic_ncols=True,
+    # A terminal that reports no size (a fresh pty) would make tqdm hide the bar: fall back to 80x24.
+    size = shutil.get_terminal_size()
+    with tqdm(total=100, disable=not sys.stderr.isatty(), unit="%", ncols=size.columns, nrows=size.lines,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]") as bar:
 
         def show(job: dict[str, Any]) -> None:

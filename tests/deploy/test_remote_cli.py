@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import pty
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,3 +190,29 @@ def test_wait_times_out_then_cancel(live_server: LiveServer, finished_job: dict[
         time.sleep(0.05)
     seen = states()
     assert seen[-1] == "cancelled" and set(seen) <= {"running", "cancelling", "cancelled"}, seen
+
+
+def test_status_draws_a_progress_bar_on_a_terminal(
+    live_server: LiveServer, finished_job: dict[str, Any]
+) -> None:
+    command = [sys.executable, "-m", "app", "status", finished_job["id"], "--server", live_server.url,
+               "--api-key", live_server.api_key]
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(command, stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+        os.close(follower)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(leader)
+    text = output.decode(errors="replace")
+    assert "100%|" in text and "█" in text, text  # tqdm's bar, drawn only because stderr is a TTY
+    assert f"{finished_job['id']}  succeeded" in text
