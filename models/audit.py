@@ -272,6 +272,10 @@ def run_audit(
 def assemble(
     results: Sequence[UnitResult], n: int, audit_cfg: AuditConfig, heldout: np.ndarray | None, wall: float
 ) -> AuditResult:
+    """Combine finished units (any order) into the audit's result; `wall` is reported as wall_seconds.
+
+    Generated samples: `n_generated` of them, or |heldout| when unset; with neither, all pooled samples
+    (each model made ceil(|H| / (K*L)), so that is at least |H|)."""
     order = np.argsort(np.concatenate([r.model_ids for r in results]))
 
     def cat(name: str, axis: int = 0) -> np.ndarray:
@@ -287,12 +291,11 @@ def assemble(
         epoch_q = np.stack([m_quantiles(combine(folds_of, model_ids, ll)) for ll in per_epoch])
     samples = None
     if results[0].samples is not None:
-        wanted = (
-            audit_cfg.n_generated
-            if audit_cfg.n_generated is not None
-            else (0 if heldout is None else len(heldout))
-        )
-        samples = sample_images(cat("samples")[order], wanted)
+        pooled = cat("samples")[order]
+        wanted = audit_cfg.n_generated
+        if wanted is None:  # |S| = |H|; without H at hand keep everything the models generated
+            wanted = pooled.shape[0] * pooled.shape[1] if heldout is None else len(heldout)
+        samples = sample_images(pooled, wanted)
     return AuditResult(
         scores=scores,
         folds_of=folds_of,

@@ -13,6 +13,7 @@ from sklearn.datasets import load_digits
 from models.audit import (
     Cancelled,
     ProgressEvent,
+    assemble,
     combine,
     fold_assignment,
     load_unit,
@@ -162,3 +163,18 @@ def test_bad_model_ids_and_heldout_name_the_field(digits: np.ndarray) -> None:
         train_unit(digits, MODEL, TRAIN, cfg, [3], device=CPU)
     with pytest.raises(ValueError, match="heldout"):
         train_unit(digits, MODEL, TRAIN, cfg, [0], device=CPU, heldout=np.zeros((5, 1, 4, 4), np.float32))
+
+
+def test_assemble_from_artifacts_keeps_the_generated_samples(digits: np.ndarray, tmp_path: Path) -> None:
+    cfg = AuditConfig(folds=3, repeats=1, is_samples=2)
+    heldout = digits[:7]
+    units = [train_unit(digits, MODEL, TRAIN, cfg, ids, device=CPU, heldout=heldout) for ids in ([2], [0, 1])]
+    for i, unit in enumerate(units):
+        save_unit(tmp_path / f"{i}.npz", unit)
+    loaded = [load_unit(tmp_path / f"{i}.npz") for i in range(2)]
+    with_heldout = assemble(loaded, 60, cfg, heldout, wall=1.0)
+    assert with_heldout.samples is not None and with_heldout.samples.shape == (7, 1, 8, 8)
+    without = assemble(loaded, 60, cfg, None, wall=1.0)  # ceil(7 / 3) = 3 per model, all kept
+    assert without.samples is not None and without.samples.shape == (9, 1, 8, 8)
+    np.testing.assert_array_equal(without.samples[:7], with_heldout.samples)
+    assert with_heldout.model_ids.tolist() == [0, 1, 2] and with_heldout.timings["wall_seconds"] == 1.0
