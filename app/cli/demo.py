@@ -10,6 +10,7 @@ paper's setting (K=L=10, 100 epochs).
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -102,8 +103,10 @@ def _print_top(client: httpx.Client, job: dict[str, Any], top: int) -> None:
 
 
 def run_demo(epochs: int | None, top: int) -> int:
-    port = _free_port()
-    env = {**os.environ, "MEMAUDIT_PORT": str(port), "MEMAUDIT_HOST": "127.0.0.1"}
+    port, token = _free_port(), secrets.token_urlsafe(24)
+    # A key of its own: works whether or not the caller's environment or DB already configures keys.
+    keys = ",".join(filter(None, [os.environ.get("MEMAUDIT_API_KEYS", ""), f"demo:{token}"]))
+    env = {**os.environ, "MEMAUDIT_PORT": str(port), "MEMAUDIT_HOST": "127.0.0.1", "MEMAUDIT_API_KEYS": keys}
     log_path = os.path.join(os.environ.get("MEMAUDIT_DATA_DIR", "./memaudit-data"), "demo-server.log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as log_file:
@@ -111,7 +114,8 @@ def run_demo(epochs: int | None, top: int) -> int:
                                   stderr=subprocess.STDOUT)
     print(f"memaudit demo: embedded service on http://127.0.0.1:{port} (log: {log_path})")
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                          headers={"Authorization": f"Bearer {token}"}) as client:
             _wait_healthy(client, server)
             body = demo_job(epochs or DEMO_EPOCHS)
             created = client.post("/jobs", json=body).raise_for_status().json()

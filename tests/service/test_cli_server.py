@@ -56,8 +56,7 @@ def test_demo_runs_a_real_audit_and_prints_the_top_samples(tmp_path: Path) -> No
     scores = [float(score) for _, _, score in rows]
     assert scores == sorted(scores, reverse=True)
     assert "the three most memorized digits" in result.stdout
-    server_log = (tmp_path / "demo-server.log").read_text()
-    assert "listening on 127.0.0.1 only" in server_log
+    assert "Uvicorn running on http://127.0.0.1:" in (tmp_path / "demo-server.log").read_text()
 
 
 def test_create_key_stores_only_a_hash_and_the_key_works(tmp_path: Path) -> None:
