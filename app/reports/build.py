@@ -119,25 +119,67 @@ def _epoch_sections(summary: dict[str, Any]) -> tuple[EpochQuantiles | None, Los
     return epochs, losses
 
 
-def _gan_section(session: Session, job: Job, train: np.ndarray | None, top: int) -> GanSection | None:
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _tau_sweep(summary: dict[str, Any]) -> list[TauRow]:
+    """mrgan jobs: one row per trained tau (summary["units"], workers/gan_runner.py), sorted by tau."""
+    rows = [TauRow(float(unit["tau"]), _number(unit.get("rejection_rate")), _number(unit.get("c_t")),
+                   _number(unit.get("frechet_distance")))
+            for unit in summary.get("units", []) if _number(unit.get("tau")) is not None]
+    return sorted(rows, key=lambda row: row.tau)
+
+
+def _gan_arrays(settings: Settings, job_id: str, unit: int) -> dict[str, np.ndarray]:
+    """The scoring unit's artifact: generated_nearest/-distance per generated sample, maybe images."""
+    path = settings.resolved_artifacts_dir / job_id / f"unit-{unit:04d}.npz"
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as data:
+        wanted = ("generated", "generated_nearest", "generated_distance")
+        return {key: data[key] for key in wanted if key in data.files}
+
+
+def _copies_of(sample_id: int, arrays: dict[str, np.ndarray], threshold: float | None,
+               limit: int = 4) -> tuple[list[np.ndarray], list[float]]:
+    if "generated" not in arrays or "generated_nearest" not in arrays or threshold is None:
+        return [], []
+    distance = arrays["generated_distance"]  # (m,)
+    mine = np.flatnonzero((arrays["generated_nearest"] == sample_id) & (distance <= threshold))
+    closest = mine[np.argsort(distance[mine], kind="stable")][:limit]
+    return [arrays["generated"][i] for i in closest], [float(distance[i]) for i in closest]
+
+
+def _gan_section(session: Session, settings: Settings, job: Job, train: np.ndarray | None,
+                 top: int) -> GanSection | None:
     summary = job.summary or {}
-    sweep = [TauRow(float(r["tau"]), r.get("rejection_rate"), r.get("c_t"), r.get("frechet"))
-             for r in summary.get("tau_sweep", [])]
+    sweep = _tau_sweep(summary)
+    reference = int(summary.get("scores_from_unit", 0) or 0)
+    arrays = _gan_arrays(settings, job.id, reference)
+    units = summary.get("units") or [summary]
+    threshold = _number(units[min(reference, len(units) - 1)].get("copy_threshold")) if units else None
     query = (select(SampleScore.sample_id, SampleScore.copy_count)
              .where(SampleScore.job_id == job.id, SampleScore.copy_count > 0)
              .order_by(SampleScore.copy_count.desc(), SampleScore.sample_id).limit(top))
-    copied = [CopiedSample(sample_id=int(sid), copy_count=float(count or 0.0),
-                           image=None if train is None else train[int(sid)])
-              for sid, count in session.execute(query)]
+    copied = []
+    for sample_id, count in session.execute(query):
+        copies, distances = _copies_of(int(sample_id), arrays, threshold)
+        copied.append(CopiedSample(sample_id=int(sample_id), copy_count=float(count or 0.0),
+                                   image=None if train is None else train[int(sample_id)],
+                                   copies=copies, copy_distances=distances))
     if not sweep and not copied:
         return None
-    return GanSection(tau_sweep=sweep, copied=copied, tau=summary.get("tau"))
+    tau = sweep[0].tau if sweep and len(sweep) == 1 else None
+    return GanSection(tau_sweep=sweep, copied=copied, tau=tau)
 
 
-def build_report_data(session: Session, settings: Settings, job: Job, *, top: int = TOP_SAMPLES,
-                      now: dt.datetime | None = None) -> ReportData:
+GAN_KINDS = ("mrgan", "copy_test")
+
+
+def _vae_parts(session: Session, settings: Settings, job: Job, train: np.ndarray | None,
+               top: int) -> dict[str, Any]:
     summary = job.summary or {}
-    train = _images_or_none(job.spec.get("dataset"), session, settings, job.owner, "dataset")
     heldout = _images_or_none(job.spec.get("heldout"), session, settings, job.owner, "heldout")
     generated = _generated(settings, job.id)
     score = _column(session, job.id, SampleScore.score)
@@ -154,15 +196,35 @@ def build_report_data(session: Session, settings: Settings, job: Job, *, top: in
     ]
     epochs, losses = _epoch_sections(summary)
     quantiles = summary.get("quantiles") or {}
+    stored_rho = _column(session, job.id, SampleScore.rho)
+    return {
+        "summary": {f"M quantile {k}": v for k, v in quantiles.items() if v is not None}
+        | {k: summary[k] for k in ("n_samples", "n_models", "n_highly_memorized") if k in summary},
+        "scores": score if score.size else None,
+        "top": entries,
+        "rho": _rho_scatter(score, stored_rho, train, heldout, generated) if score.size else None,
+        "epochs": epochs,
+        "losses": losses,
+    }
+
+
+def _gan_summary(summary: dict[str, Any]) -> dict[str, float]:
+    numbers = {key: _number(value) for key, value in summary.items()}
+    return {key: value for key, value in numbers.items() if value is not None}
+
+
+def build_report_data(session: Session, settings: Settings, job: Job, *, top: int = TOP_SAMPLES,
+                      now: dt.datetime | None = None) -> ReportData:
+    train = _images_or_none(job.spec.get("dataset"), session, settings, job.owner, "dataset")
+    if job.kind in GAN_KINDS:
+        parts: dict[str, Any] = {"summary": _gan_summary(job.summary or {}),
+                                 "gan": _gan_section(session, settings, job, train, top)}
+    else:
+        parts = _vae_parts(session, settings, job, train, top)
     stamp = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0).isoformat()
     return ReportData(
         job_id=job.id, title=f"memaudit report: {job.kind} job {job.id[:8]}", kind=job.kind, state=job.state,
         generated_at=stamp, params={k: v for k, v in job.spec.items() if k != "facts"},
-        summary={f"M quantile {k}": v for k, v in quantiles.items() if v is not None}
-        | {k: summary[k] for k in ("n_samples", "n_models", "n_highly_memorized") if k in summary},
-        scores=score if score.size else None, provisional=job.scores_provisional, top=entries,
-        rho=_rho_scatter(score, _column(session, job.id, SampleScore.rho), train, heldout, generated)
-        if score.size else None,
-        epochs=epochs, losses=losses, gan=_gan_section(session, job, train, top),
-        notes=[f"Job {job.state}: {job.error}"] if job.error else [],
+        provisional=job.scores_provisional, notes=[f"Job {job.state}: {job.error}"] if job.error else [],
+        **parts,
     )
