@@ -37,6 +37,9 @@ KNOBS: dict[str, tuple[str, str, type]] = {
     "is_samples": ("audit", "is_samples", int),
     "eval_every": ("audit", "eval_every", int),
     "seed": ("audit", "seed", int),
+    "eval_noise": ("audit", "eval_noise", str),
+    "models_per_unit": ("audit", "models_per_unit", int),
+    "n_generated": ("audit", "n_generated", int),
 }
 
 
@@ -96,6 +99,7 @@ def _add_submit(subparsers: argparse._SubParsersAction[Any], common: argparse.Ar
     submit.add_argument("--heldout", help="held-out set, same forms as DATASET")
     submit.add_argument("--spec", type=Path, help="JSON file with the POST /jobs body; flags override it")
     submit.add_argument("--idempotency-key", help="same key + same body returns the same job")
+    submit.add_argument("--webhook-url", help="POSTed (signed) on every state change of the job")
     submit.add_argument("--hidden", help="MLP widths, comma-separated")
     for flag, (_section, _field, kind) in KNOBS.items():
         submit.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
@@ -146,6 +150,8 @@ def build_spec(client: MemauditClient, args: argparse.Namespace) -> dict[str, An
         spec["heldout"] = _dataset_ref(client, args.heldout)
     if "dataset" not in spec:
         raise ValueError("dataset: give DATASET or a --spec with a dataset")
+    if args.webhook_url:
+        spec["webhook_url"] = args.webhook_url
     if args.hidden:
         spec.setdefault("model", {})["hidden"] = [int(width) for width in args.hidden.split(",")]
     for flag, (section, field, _kind) in KNOBS.items():
