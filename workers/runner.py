@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from app.settings import get_settings
 from app.webhooks import notify_on_commit
 from models.audit import Cancelled, plan_units, resolve_device, train_unit
 from models.imageset import ImageSet
-from workers import state
+from workers import gan_runner, state
 from workers.celery_app import FINISH_JOB, RUN_UNIT, enqueue
 from workers.heartbeat import heartbeat
 from workers.results import (
@@ -85,9 +86,12 @@ def plan_job(job_id: str) -> None:
 
 def _create_units(session: Session, job: Job) -> list[Unit]:
     device = worker_device()
-    configs = build_configs(job.spec, str(device))
-    channels, height, width = (int(side) for side in job.image_shape)
-    plan = plan_units(configs.model, configs.audit, job.n_samples, (channels, height, width), device)
+    if job.kind in gan_runner.GAN_KINDS:
+        plan = gan_runner.plan_units(job.spec, job.kind)
+    else:
+        configs = build_configs(job.spec, str(device))
+        channels, height, width = (int(side) for side in job.image_shape)
+        plan = plan_units(configs.model, configs.audit, job.n_samples, (channels, height, width), device)
     for index, model_ids in enumerate(plan):
         session.add(Unit(job_id=job.id, index=index, model_ids=[int(m) for m in model_ids]))
     job.units_total, job.device = len(plan), str(device)
@@ -173,26 +177,67 @@ def run_unit(job_id: str, index: int) -> None:
         if done_before.is_file():  # an earlier attempt wrote it (artifacts are atomic) but was not recorded
             _record_unit_done(job_id, unit.id, done_before, 0.0)
             return
-        configs = build_configs(job.spec, str(worker_device()))
-        try:
-            train = _images(session, job, "dataset").images  # (N, C, H, W) float32 in [0, 1]
-            heldout = _images(session, job, "heldout").images if job.spec.get("heldout") else None
-        except ServiceError as error:
-            state.mark_failed(session, job_id, f"{error.field}: {error.message}")
-            return
+        gan_inputs = None
+        if job.kind in gan_runner.GAN_KINDS:
+            gan_inputs = _gan_inputs(session, job)
+            if gan_inputs is None:
+                return
+        else:
+            configs = build_configs(job.spec, str(worker_device()))
+            try:
+                train = _images(session, job, "dataset").images  # (N, C, H, W) float32 in [0, 1]
+                heldout = _images(session, job, "heldout").images if job.spec.get("heldout") else None
+            except ServiceError as error:
+                state.mark_failed(session, job_id, f"{error.field}: {error.message}")
+                return
+    if gan_inputs is not None:
+        _run_gan_unit(job, unit, gan_inputs)
+        return
     _train_and_record(job, unit, configs, train, heldout)
+
+
+def _gan_inputs(session: Session, job: Job) -> gan_runner.GanInputs | None:
+    """The GAN job's image sets; None (the job marked failed) when one cannot be loaded."""
+    try:
+        generated = _images(session, job, "generated") if job.spec.get("generated") else None
+        train, heldout = _images(session, job, "dataset"), _images(session, job, "heldout")
+        return gan_runner.GanInputs(train, heldout, generated)
+    except ServiceError as error:
+        state.mark_failed(session, job.id, f"{error.field}: {error.message}")
+        return None
 
 
 def _train_and_record(
     job: Job, unit: Unit, configs: JobConfigs, train: np.ndarray, heldout: np.ndarray | None
 ) -> None:
     monitor = UnitMonitor(job.id, unit, job.units_total, configs.training.epochs)
+
+    def work() -> Any:
+        return train_unit(train, configs.model, configs.training, configs.audit, list(unit.model_ids),
+                          device=worker_device(), progress=monitor.progress,
+                          should_stop=monitor.should_stop, heldout=heldout)
+
+    _run_and_record(job, unit, work, write_artifact)
+
+
+def _run_gan_unit(job: Job, unit: Unit, inputs: gan_runner.GanInputs) -> None:
+    monitor = UnitMonitor(job.id, unit, job.units_total, gan_runner.unit_steps(job.spec, job.kind))
+
+    def work() -> Any:
+        return gan_runner.compute_unit(job.kind, job.spec, unit.index, inputs, worker_device(),
+                                       monitor.progress, monitor.should_stop)
+
+    _run_and_record(job, unit, work, gan_runner.write_unit)
+
+
+def _run_and_record(
+    job: Job, unit: Unit, work: Callable[[], Any], write: Callable[[Path, Any], None]
+) -> None:
+    """Run a unit's work with heartbeats; record it done, reset it on cancel, fail the job on errors."""
     started = time.monotonic()
     try:
         with heartbeat(unit.id, get_settings().heartbeat_interval_s):
-            result = train_unit(train, configs.model, configs.training, configs.audit, list(unit.model_ids),
-                                device=worker_device(), progress=monitor.progress,
-                                should_stop=monitor.should_stop, heldout=heldout)
+            result = work()
     except Cancelled:
         with session_scope() as session:
             _reset_unit(session, unit.id)
@@ -208,7 +253,7 @@ def _train_and_record(
         return
     path = artifact_path(get_settings().resolved_artifacts_dir, job.id, unit.index)
     try:
-        write_artifact(path, result)
+        write(path, result)
     except OSError as error:
         with session_scope() as session:
             state.mark_failed(session, job.id, f"unit {unit.index}: cannot write its artifact: {error}")
@@ -256,8 +301,8 @@ def _done_artifacts(session: Session, job_id: str) -> list[Path]:
 
 def _publish_provisional(session: Session, job: Job) -> None:
     paths = _done_artifacts(session, job.id)
-    if len(paths) >= job.units_total:
-        return  # the finishing step writes the final set
+    if len(paths) >= job.units_total or job.kind in gan_runner.GAN_KINDS:
+        return  # the finishing step writes the final set (GAN jobs have no provisional scores)
     scores = combine_units(paths, job.n_samples, build_configs(job.spec).audit)
     if bool(np.all((scores.n_in > 0) & (scores.n_out > 0))):
         write_scores(session, job.id, score_arrays(scores), units=len(paths), provisional=True)
@@ -286,6 +331,11 @@ def finish_job(job_id: str) -> None:
                 enqueue(RUN_UNIT, job_id, index)
             return
         paths = _done_artifacts(session, job_id)
+        if job.kind in gan_runner.GAN_KINDS:
+            arrays, summary = gan_runner.finish(job.kind, paths)
+            write_scores(session, job_id, arrays, units=len(units), provisional=False)
+            _mark_succeeded(session, job_id, summary)
+            return
         final = final_result(paths, job.n_samples, build_configs(job.spec).audit)
         fault_point("finish")
         write_generated(paths[0].parent, final)

@@ -19,6 +19,7 @@ from app.db import Job, Unit, utcnow
 from app.ratelimit import check_job_rate
 from app.services.datasets import dataset_summary, load_dataset_spec
 from app.services.errors import Conflict, Invalid, NotFound
+from app.services.gan_specs import GAN_KINDS, reject_gan_sections, validate_gan_job
 from app.services.specs import JobCreate, request_hash
 from app.settings import Settings
 from app.webhooks import notify_on_commit
@@ -46,6 +47,9 @@ def _check_section(section: str, build: Any, data: dict[str, Any]) -> None:
 def _validate(request: JobCreate, canonical: dict[str, Any], session: Session, settings: Settings,
               owner: str) -> dict[str, Any]:
     """Every check a worker would otherwise fail on, done before the job exists."""
+    if request.kind in GAN_KINDS:
+        return validate_gan_job(canonical, session, settings, owner)
+    reject_gan_sections(canonical)
     _check_section("model", ModelConfig.from_dict, canonical["model"])
     _check_section("training", TrainConfig.from_dict, canonical["training"])
     _check_section("audit", AuditConfig.from_dict, canonical["audit"])

@@ -19,6 +19,7 @@ from app.faults import fault_point
 from app.services.pg_copy import binary_copy_chunks
 
 COLUMNS = ("job_id", "sample_id", "score", "log_p_in", "log_p_out", "n_in", "n_out", "rank")
+INSERT_COLUMNS = (*COLUMNS, "rho", "copy_count")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,12 @@ class ScoreArrays:
     log_p_out: np.ndarray  # (N,) V
     n_in: np.ndarray  # (N,) int
     n_out: np.ndarray  # (N,) int
+    rho: np.ndarray | None = None  # (N,) GAN copy tests: NN ratio
+    copy_count: np.ndarray | None = None  # (N,) GAN jobs: generated samples copying sample i
+
+    @property
+    def has_gan_columns(self) -> bool:
+        return self.rho is not None or self.copy_count is not None
 
 
 def ranks(score: np.ndarray) -> np.ndarray:
@@ -46,10 +53,13 @@ def _nullable(values: np.ndarray) -> list[float | None]:
 
 def _rows(job_id: str, arrays: ScoreArrays) -> list[tuple[object, ...]]:
     count = len(arrays.score)
+    missing = [None] * count
+    rho = missing if arrays.rho is None else _nullable(arrays.rho)
+    copy_count = missing if arrays.copy_count is None else _nullable(arrays.copy_count)
     return list(zip(
         [job_id] * count, range(count), _nullable(arrays.score), _nullable(arrays.log_p_in),
         _nullable(arrays.log_p_out), arrays.n_in.astype(int).tolist(), arrays.n_out.astype(int).tolist(),
-        ranks(arrays.score).tolist(), strict=True,
+        ranks(arrays.score).tolist(), rho, copy_count, strict=True,
     ))
 
 
@@ -64,7 +74,7 @@ def _copy_binary(session: Session, job_id: str, arrays: ScoreArrays) -> None:
 
 
 def _insert_rows(session: Session, rows: list[tuple[object, ...]]) -> None:
-    session.execute(insert(SampleScore), [dict(zip(COLUMNS, row, strict=True)) for row in rows])
+    session.execute(insert(SampleScore), [dict(zip(INSERT_COLUMNS, row, strict=True)) for row in rows])
 
 
 def write_scores(session: Session, job_id: str, arrays: ScoreArrays, units: int, provisional: bool) -> bool:
@@ -81,7 +91,7 @@ def write_scores(session: Session, job_id: str, arrays: ScoreArrays, units: int,
         session.rollback()
         return False
     session.execute(delete(SampleScore).where(SampleScore.job_id == job_id))
-    if is_postgres(session):
+    if is_postgres(session) and not arrays.has_gan_columns:  # the binary COPY carries the VAE columns only
         _copy_binary(session, job_id, arrays)
     else:
         _insert_rows(session, _rows(job_id, arrays))

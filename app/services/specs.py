@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from app.services.gan_specs import CopyTestSpec, MrganSpec
 from models.config import AuditConfig, ModelConfig, TrainConfig
 
 # Decided by the worker that runs the job, not by the caller.
@@ -63,9 +64,12 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["vae_audit"] = "vae_audit"
+    kind: Literal["vae_audit", "mrgan", "copy_test"] = "vae_audit"
     dataset: DatasetRef
     heldout: DatasetRef | None = None
+    generated: DatasetRef | None = Field(default=None, description="copy_test: generated samples to test")
+    mrgan: MrganSpec | None = Field(default=None, description="kind mrgan: the tau sweep (docs/science.md)")
+    copy_test: CopyTestSpec | None = Field(default=None, description="kind copy_test: options")
     model: ModelSpec = Field(default_factory=ModelSpec)  # type: ignore[valid-type]
     training: TrainingSpec = Field(default_factory=TrainingSpec)  # type: ignore[valid-type]
     audit: AuditSpec = Field(default_factory=AuditSpec)  # type: ignore[valid-type]
@@ -84,6 +88,7 @@ class JobCreate(BaseModel):
         data: dict[str, Any] = self.model_dump(mode="json", exclude_none=False)
         data["dataset"] = self.dataset.as_dict()
         data["heldout"] = self.heldout.as_dict() if self.heldout is not None else None
+        data["generated"] = self.generated.as_dict() if self.generated is not None else None
         return data
 
 

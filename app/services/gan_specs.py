@@ -1,0 +1,216 @@
+"""Request sections of the GAN job kinds (`mrgan`, `copy_test`) and their translation to science configs.
+
+`mrgan`: one unit per tau (explicit taus first, then tau quantiles, each resolved inside its unit from the
+held-out set); `copy_test`: one unit evaluating uploaded generated samples (`generated`, a dataset ref) or a
+TorchScript generator stored under the data root (`copy_test.generator_path` + `latent_dim`). Both need
+`heldout` (the held-out / test set). Every check raises ``Invalid`` naming the field before the job exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from app.services.datasets import dataset_summary, load_dataset_spec
+from app.services.errors import Invalid
+from app.settings import Settings
+from models.copying import CopyTestConfig, resolve_cells
+from models.data_files import ensure_inside
+from models.embeddings import EmbeddingConfig
+from models.gan import GanConfig, MrganConfig, SweepConfig
+from models.imageset import DataError
+
+GAN_KINDS = ("mrgan", "copy_test")
+
+
+class EmbeddingSpec(BaseModel):
+    """Feature space: pixels, an autoencoder trained on the training set, or a TorchScript extractor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["pixels", "autoencoder", "torchscript"] = "pixels"
+    path: str | None = Field(default=None, max_length=1024, description="TorchScript file, data root")
+    latent_dim: int = Field(default=32, ge=1, le=4096)
+    epochs: int = Field(default=8, ge=0, le=1000)
+
+
+class MrganSpec(BaseModel):
+    """MR-GAN tau sweep (SPEC §5). Omitted GAN fields follow the image size (MLP below 28 px, else DCGAN)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    taus: list[float] = Field(default_factory=lambda: [0.0], max_length=64)
+    tau_quantiles: list[float] = Field(default_factory=list, max_length=64)
+    mode: Literal["G", "GD"] = "G"
+    steps: int = Field(default=2000, ge=1, le=10_000_000)
+    batch_size: int = Field(default=64, ge=2, le=65536)
+    d_steps: int = Field(default=1, ge=1, le=100)
+    lr: float = Field(default=2e-4, gt=0, le=1)
+    max_redraws: int = Field(default=10, ge=0, le=1000)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    arch: Literal["mlp", "dcgan"] | None = None
+    latent_dim: int | None = Field(default=None, ge=1, le=4096)
+    width: int | None = Field(default=None, ge=1, le=8192)
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    cells: int | None = Field(default=None, ge=1, le=10000)
+    ct_metric: Literal["euclidean", "cosine"] = "euclidean"
+    copy_quantile: float = Field(default=0.05, ge=0, le=1)
+    n_generated: int | None = Field(default=None, ge=2, le=1_000_000)
+
+
+class CopyTestSpec(BaseModel):
+    """Copy test of an existing generator: `generated` (top-level dataset ref) or a TorchScript generator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generator_path: str | None = Field(default=None, max_length=1024, description="relative to the data root")
+    latent_dim: int | None = Field(default=None, ge=1, le=4096)
+    n_generated: int | None = Field(default=None, ge=2, le=1_000_000)
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    cells: int | None = Field(default=None, ge=1, le=10000)
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+    copy_quantile: float = Field(default=0.05, ge=0, le=1)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+
+
+@dataclass(frozen=True)
+class MrganJobConfigs:
+    gan: GanConfig
+    training: MrganConfig
+    sweep: SweepConfig
+    embedding: EmbeddingConfig
+
+    @property
+    def n_units(self) -> int:
+        return len(self.sweep.taus) + len(self.sweep.tau_quantiles)
+
+
+def data_path(relative: str, settings: Settings, field: str) -> Path:
+    """A file under the data root (never outside it, symlinks resolved)."""
+    if settings.data_root is None:
+        raise Invalid(field, "this server has no data root (MEMAUDIT_DATA_ROOT) to read the file from")
+    root = settings.data_root.resolve()
+    try:
+        path = ensure_inside(root / relative, root, field)
+    except DataError as error:
+        raise Invalid(error.field, error.message) from None
+    if not path.is_file():
+        raise Invalid(field, f"no such file under the data root: {relative}")
+    return path
+
+
+def embedding_config(spec: dict[str, Any], seed: int, settings: Settings, field: str) -> EmbeddingConfig:
+    path = None
+    if spec["kind"] == "torchscript":
+        if not spec.get("path"):
+            raise Invalid(f"{field}.path", "a torchscript embedding needs the path of its file")
+        path = str(data_path(spec["path"], settings, f"{field}.path"))
+    try:
+        return EmbeddingConfig(kind=spec["kind"], torchscript_path=path, latent_dim=spec["latent_dim"],
+                               epochs=spec["epochs"], seed=seed)  # fmt: skip
+    except ValueError as error:
+        raise Invalid(field, str(error).removeprefix("embedding: ")) from None
+
+
+def _section(spec: dict[str, Any], name: str, model: type[BaseModel]) -> dict[str, Any]:
+    section = spec.get(name)
+    return model().model_dump() if section is None else dict(section)
+
+
+def mrgan_configs(spec: dict[str, Any], image_shape: tuple[int, int, int], n_heldout: int,
+                  settings: Settings) -> MrganJobConfigs:  # fmt: skip
+    """Science configs of a stored mrgan spec; raises Invalid naming the field."""
+    section = _section(spec, "mrgan", MrganSpec)
+    try:
+        default = GanConfig.for_images(image_shape)
+        arch = section["arch"] or default.arch
+        fallback = default if arch == default.arch else GanConfig(arch=arch)
+        latent_dim = section["latent_dim"] or fallback.latent_dim
+        gan = GanConfig(arch=arch, image_shape=image_shape, latent_dim=latent_dim,
+                        width=section["width"] or fallback.width)  # fmt: skip
+        training = MrganConfig(
+            steps=section["steps"], batch_size=section["batch_size"], d_steps=section["d_steps"],
+            lr=section["lr"], mode=section["mode"], max_redraws=section["max_redraws"], seed=section["seed"],
+        )  # fmt: skip
+        sweep = SweepConfig(
+            taus=tuple(section["taus"]), tau_quantiles=tuple(section["tau_quantiles"]),
+            copy_quantile=section["copy_quantile"], n_generated=section["n_generated"],
+            cells=resolve_cells(section["cells"], n_heldout), ct_metric=section["ct_metric"],
+        )  # fmt: skip
+    except ValueError as error:
+        field, _, message = str(error).partition(": ")
+        raise Invalid(f"mrgan.{field}", message or str(error)) from None
+    embedding = embedding_config(section["embedding"], section["seed"], settings, "mrgan.embedding")
+    return MrganJobConfigs(gan, training, sweep, embedding)
+
+
+@dataclass(frozen=True)
+class CopyTestJobConfigs:
+    embedding: EmbeddingConfig
+    copy: CopyTestConfig
+    copy_quantile: float
+    generator_path: Path | None
+    latent_dim: int | None
+    n_generated: int | None
+    seed: int
+
+
+def copy_test_configs(spec: dict[str, Any], n_test: int, settings: Settings) -> CopyTestJobConfigs:
+    section = _section(spec, "copy_test", CopyTestSpec)
+    has_samples, has_generator = spec.get("generated") is not None, bool(section["generator_path"])
+    if has_samples == has_generator:
+        raise Invalid("generated", "give exactly one of generated (samples) and copy_test.generator_path")
+    generator_path = None
+    if has_generator:
+        if section["latent_dim"] is None:
+            raise Invalid("copy_test.latent_dim", "a TorchScript generator needs its latent size")
+        generator_path = data_path(section["generator_path"], settings, "copy_test.generator_path")
+    try:
+        copy = CopyTestConfig(cells=resolve_cells(section["cells"], n_test), metric=section["metric"],
+                              seed=section["seed"])  # fmt: skip
+    except ValueError as error:
+        raise Invalid("copy_test", str(error)) from None
+    embedding = embedding_config(section["embedding"], section["seed"], settings, "copy_test.embedding")
+    return CopyTestJobConfigs(
+        embedding, copy, section["copy_quantile"], generator_path, section["latent_dim"],
+        section["n_generated"], section["seed"],
+    )  # fmt: skip
+
+
+def validate_gan_job(
+    canonical: dict[str, Any], session: Session, settings: Settings, owner: str
+) -> dict[str, Any]:
+    """Every check a GAN job's worker would otherwise fail on; returns the datasets' facts."""
+    if canonical["heldout"] is None:
+        raise Invalid("heldout", f"a {canonical['kind']} job needs a held-out (test) set")
+    train = load_dataset_spec(canonical["dataset"], session, settings, owner, "dataset")
+    heldout = load_dataset_spec(canonical["heldout"], session, settings, owner, "heldout")
+    sets = {"train": train, "heldout": heldout}
+    if canonical["generated"] is not None:
+        if canonical["kind"] != "copy_test":
+            raise Invalid("generated", "only copy_test jobs take generated samples")
+        sets["generated"] = load_dataset_spec(canonical["generated"], session, settings, owner, "generated")
+    for name, images in sets.items():
+        if images.image_shape != train.image_shape:
+            raise Invalid(name, f"images are {list(images.image_shape)}, the training set's are "
+                                f"{list(train.image_shape)}")  # fmt: skip
+    if canonical["kind"] == "mrgan":
+        if canonical["copy_test"] is not None:
+            raise Invalid("copy_test", "only copy_test jobs take this section")
+        mrgan_configs(canonical, train.image_shape, sets["heldout"].count, settings)
+    else:
+        if canonical["mrgan"] is not None:
+            raise Invalid("mrgan", "only mrgan jobs take this section")
+        copy_test_configs(canonical, sets["heldout"].count, settings)
+    return {name: dataset_summary(images) for name, images in sets.items()}
+
+
+def reject_gan_sections(canonical: dict[str, Any]) -> None:
+    """A VAE audit must not carry GAN-only sections (they would be silently ignored)."""
+    for name in ("generated", "mrgan", "copy_test"):
+        if canonical.get(name) is not None:
+            raise Invalid(name, f"only GAN job kinds ({', '.join(GAN_KINDS)}) take this section")

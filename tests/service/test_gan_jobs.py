@@ -1,0 +1,79 @@
+"""GAN job kinds through the real service (embedded SQLite, Celery worker): mrgan sweeps and copy tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.service.harness import Stack
+from tests.service.jobdata import digits_subset
+
+pytestmark = pytest.mark.service
+
+
+def _submit(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
+    response = stack.client.post("/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = stack.wait_for_state(response.headers["Location"])
+    assert job["state"] == "succeeded", job
+    return job
+
+
+def test_copy_test_job_ranks_the_copied_training_images_first(sqlite_stack: Stack) -> None:
+    root = sqlite_stack.data_root
+    train, test = digits_subset(300), digits_subset(200, offset=300)
+    copies = np.concatenate([np.repeat(train[:30], 3, axis=0), digits_subset(110, offset=500)])  # (200, 8, 8)
+    for name, images in (("gan_train.npy", train), ("gan_test.npy", test), ("gan_copies.npy", copies)):
+        np.save(root / name, images, allow_pickle=False)
+    job = _submit(sqlite_stack, {
+        "kind": "copy_test", "dataset": {"path": "gan_train.npy"}, "heldout": {"path": "gan_test.npy"},
+        "generated": {"path": "gan_copies.npy"}, "copy_test": {"cells": 2},
+    })  # fmt: skip
+    assert job["progress"]["units_total"] == 1 and job["summary"]["kind"] == "copy_test"
+    assert job["summary"]["c_t"] < 0
+    top = sqlite_stack.client.get("/scores", params={"job_id": job["id"], "top": 30}).json()
+    assert {item["sample_id"] for item in top["items"]} == set(range(30))
+    # Exact copies have d_S = 0, so rho = inf, stored as null like every non-finite value.
+    assert all(item["copy_count"] == 3 and item["rho"] is None for item in top["items"])
+    other = sqlite_stack.client.get(f"/jobs/{job['id']}/samples/250").json()
+    assert other["copy_count"] == 0 and other["rho"] > 0
+    scores = [item["score"] for item in top["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_mrgan_job_runs_one_unit_per_tau(sqlite_stack: Stack) -> None:
+    job = _submit(sqlite_stack, {
+        "kind": "mrgan", "dataset": {"builtin": "digits:train"}, "heldout": {"builtin": "digits:test"},
+        "mrgan": {"taus": [0.0], "tau_quantiles": [0.5], "steps": 20, "width": 32, "n_generated": 100,
+                  "cells": 2},
+    })  # fmt: skip
+    assert job["progress"]["units_total"] == 2 and job["n_samples"] == 1498
+    units = job["summary"]["units"]
+    assert [unit["tau"] > 0 for unit in units] == [False, True]
+    assert units[0]["rejection_rate"] == 0.0 and units[1]["fakes_scored"] > 0
+    assert all(np.isfinite(unit["frechet_distance"]) for unit in units)
+    top = sqlite_stack.client.get("/scores", params={"job_id": job["id"], "top": 5}).json()
+    assert len(top["items"]) == 5 and all(item["copy_count"] is not None for item in top["items"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"kind": "mrgan", "dataset": {"builtin": "digits:train"}}, "heldout"),
+        ({"kind": "copy_test", "dataset": {"builtin": "digits:train"}, "heldout": {"builtin": "digits:test"}},
+         "generated"),
+        ({"kind": "mrgan", "dataset": {"builtin": "digits:train"}, "heldout": {"builtin": "digits:test"},
+          "mrgan": {"taus": [], "tau_quantiles": []}}, "mrgan"),
+        ({"kind": "mrgan", "dataset": {"builtin": "digits:train"}, "heldout": {"builtin": "digits:test"},
+          "mrgan": {"arch": "dcgan"}}, "mrgan"),
+        ({"dataset": {"builtin": "digits:train"}, "mrgan": {}}, "mrgan"),
+    ],
+)
+def test_bad_gan_specs_get_422_naming_the_field(
+    sqlite_stack: Stack, body: dict[str, Any], field: str
+) -> None:
+    response = sqlite_stack.client.post("/jobs", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][0] == field

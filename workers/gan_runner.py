@@ -1,0 +1,187 @@
+"""The GAN job kinds in the worker: what a unit computes, its artifact, and the finishing step.
+
+`mrgan`: unit i trains the MR-GAN of the i-th tau (explicit taus first, then tau quantiles resolved from the
+held-out set inside the unit) and evaluates it; `copy_test`: one unit. workers.runner orchestrates (claiming,
+heartbeats, cancel, retries) exactly as for VAE audits; this module only knows the science calls.
+Artifacts are .npz without pickle (JSON summaries as 0-d unicode arrays) plus the generator checkpoint
+(`unit-NNNN.generator.pt`, tensors and primitives only).
+
+Stored scores (one row per training sample): `copy_count` = generated samples that copy the sample
+(held-out-calibrated threshold, docs/science.md), `score` = copy_count + 1 / (1 + closest distance) so that
+the score-ordered index ranks by copy count, then closeness; `rho` for copy tests. For a sweep the scores
+come from the unit with the smallest tau (the least-regularised GAN); every unit's counts stay in its
+artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.services.gan_specs import GAN_KINDS, MrganSpec, copy_test_configs, mrgan_configs
+from app.services.score_writer import ScoreArrays
+from app.settings import get_settings
+from models.copying import CopyCounts
+from models.gan import (
+    MrganProgress,
+    build_feature_space,
+    generate_from_torchscript,
+    resolve_taus,
+    run_copy_test,
+    run_tau_unit,
+)
+from models.imageset import ImageSet
+
+__all__ = ["GAN_KINDS", "GanInputs", "compute_unit", "finish", "plan_units", "unit_steps", "write_unit"]
+
+
+@dataclass(frozen=True)
+class GanInputs:
+    train: ImageSet
+    heldout: ImageSet
+    generated: ImageSet | None  # copy_test with uploaded samples
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    epoch: int  # what workers.runner.UnitMonitor reads: the generator step here
+
+
+@dataclass
+class GanUnitResult:
+    arrays: dict[str, np.ndarray]  # per-sample arrays of the artifact
+    summary: dict[str, Any]
+    checkpoint: dict[str, Any] | None
+
+
+def _mrgan_section(job_spec: dict[str, Any]) -> dict[str, Any]:
+    section = job_spec.get("mrgan")
+    return MrganSpec().model_dump() if section is None else dict(section)
+
+
+def plan_units(job_spec: dict[str, Any], kind: str) -> list[list[int]]:
+    """One unit per tau for mrgan, a single unit for copy_test (the unit index is its "model id")."""
+    if kind == "mrgan":
+        section = _mrgan_section(job_spec)
+        return [[i] for i in range(len(section["taus"]) + len(section["tau_quantiles"]))]
+    return [[0]]
+
+
+def unit_steps(job_spec: dict[str, Any], kind: str) -> int:
+    return int(_mrgan_section(job_spec)["steps"]) if kind == "mrgan" else 1
+
+
+def _tensor(images: ImageSet, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(images.images).to(device)  # (N, C, H, W) float32 in [0, 1]
+
+
+def compute_unit(
+    kind: str, job_spec: dict[str, Any], index: int, inputs: GanInputs, device: torch.device,
+    progress: Callable[[Any], None], should_stop: Callable[[], bool],
+) -> GanUnitResult:  # fmt: skip
+    if kind == "mrgan":
+        return _mrgan_unit(job_spec, index, inputs, device, progress, should_stop)
+    return _copy_test_unit(job_spec, inputs, device)
+
+
+def _mrgan_unit(
+    job_spec: dict[str, Any], index: int, inputs: GanInputs, device: torch.device,
+    progress: Callable[[Any], None], should_stop: Callable[[], bool],
+) -> GanUnitResult:  # fmt: skip
+    configs = mrgan_configs(job_spec, inputs.train.image_shape, inputs.heldout.count, get_settings())
+    train = _tensor(inputs.train, device)
+    space = build_feature_space(train, _tensor(inputs.heldout, device), configs.embedding)
+    tau = resolve_taus(space, configs.sweep)[index]
+
+    def report(event: MrganProgress) -> None:
+        progress(StepEvent(epoch=event.step))
+
+    result = run_tau_unit(train, space, tau, configs.gan, configs.training, configs.sweep,
+                          progress=report, should_stop=should_stop)  # fmt: skip
+    arrays = {
+        "copy_count": result.copy_count.cpu().numpy(), "closest": result.closest.cpu().numpy(),
+        "generated_distance": result.generated_distance.cpu().numpy(),
+        "generated_nearest": result.generated_nearest.cpu().numpy(),
+    }  # fmt: skip
+    cells = [vars(row) for row in result.cells]
+    return GanUnitResult(arrays, {**result.summary(), "unit": index, "cells": cells}, result.run.checkpoint())
+
+
+def _copy_test_unit(job_spec: dict[str, Any], inputs: GanInputs, device: torch.device) -> GanUnitResult:
+    configs = copy_test_configs(job_spec, inputs.heldout.count, get_settings())
+    if inputs.generated is not None:
+        generated = _tensor(inputs.generated, device)
+    else:
+        assert configs.generator_path is not None and configs.latent_dim is not None
+        count = configs.n_generated or inputs.heldout.count
+        generated = generate_from_torchscript(
+            str(configs.generator_path), configs.latent_dim, count, inputs.train.image_shape,
+            seed=configs.seed, device=device,
+        )  # fmt: skip
+    report = run_copy_test(_tensor(inputs.train, device), _tensor(inputs.heldout, device), generated,
+                           embedding=configs.embedding, copy=configs.copy,
+                           copy_quantile=configs.copy_quantile)  # fmt: skip
+    arrays = {
+        "copy_count": report.counts.count.cpu().numpy(), "closest": report.counts.closest.cpu().numpy(),
+        "rho": report.rho.rho.cpu().numpy(),
+        "generated_distance": report.generated_nearest.distance.cpu().numpy(),
+        "generated_nearest": report.generated_nearest.index.cpu().numpy(),
+    }  # fmt: skip
+    cells = [vars(row) for row in report.copying.cells]
+    return GanUnitResult(arrays, {**report.summary(), "cells": cells}, None)
+
+
+def write_unit(path: Path, result: GanUnitResult) -> None:
+    """Atomic like the VAE artifacts: write to a temp name, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        if result.checkpoint is not None:
+            checkpoint = path.with_name(f"{path.stem}.generator.pt")
+            torch.save(result.checkpoint, checkpoint.with_suffix(".tmp"))
+            os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
+        summary = np.array(json.dumps(result.summary, allow_nan=True))  # 0-d unicode: no pickle needed
+        contents: dict[str, Any] = {"summary_json": summary, **result.arrays}
+        np.savez(temp, **contents)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files if key != "summary_json"}
+        summary = json.loads(str(data["summary_json"]))
+    return arrays, summary
+
+
+def finish(kind: str, paths: list[Path]) -> tuple[ScoreArrays, dict[str, Any]]:
+    """Scores and the job summary from every unit's artifact (paths in unit order)."""
+    loaded = [_load(path) for path in paths]
+    if kind == "mrgan":
+        reference = min(range(len(loaded)), key=lambda i: loaded[i][1]["tau"])
+        arrays, _ = loaded[reference]
+        summary: dict[str, Any] = {"kind": "mrgan", "scores_from_unit": reference,
+                                   "units": [unit_summary for _, unit_summary in loaded]}  # fmt: skip
+    else:
+        arrays, unit_summary = loaded[0]
+        summary = {"kind": "copy_test", **unit_summary}
+    counts = CopyCounts(0.0, torch.from_numpy(arrays["copy_count"]), torch.from_numpy(arrays["closest"]))
+    copy_count = counts.count.double().numpy()
+    score = copy_count + 1.0 / (1.0 + counts.closest.double().numpy())  # closest = inf -> + 0
+    summary["score_rule"] = "copy_count + 1 / (1 + closest generated distance)"
+    summary["n_samples"] = len(score)
+    summary["n_copied"] = int((copy_count > 0).sum())
+    nan = np.full(len(score), np.nan)
+    zeros = np.zeros(len(score), dtype=np.int64)
+    rho = arrays.get("rho")
+    scores = ScoreArrays(score=score, log_p_in=nan, log_p_out=nan, n_in=zeros, n_out=zeros,
+                         rho=None if rho is None else rho.astype(np.float64), copy_count=copy_count)
+    return scores, summary
