@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from memaudit_client import MemauditClient, MemauditError, WaitTimeout
 
-EXIT_OK, EXIT_ERROR = 0, 1
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 Handler = Callable[[MemauditClient, argparse.Namespace], int]
 
 # CLI flag -> (spec section, field); the field names are the API's (= models.config's).
@@ -120,6 +120,9 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
         return _fail(str(error))
     except (OSError, ValueError) as error:
         return _fail(str(error))
+    except KeyboardInterrupt:  # the job keeps running on the server; only this command stops
+        print("memaudit: interrupted (the job continues on the server)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _fail(message: str) -> int:
