@@ -3,7 +3,8 @@
 `mrgan`: unit i trains the MR-GAN of the i-th tau (explicit taus first, then tau quantiles resolved from the
 held-out set inside the unit) and evaluates it; `copy_test`: one unit. workers.runner orchestrates (claiming,
 heartbeats, cancel, retries) exactly as for VAE audits; this module only knows the science calls.
-Artifacts are .npz without pickle (JSON summaries as 0-d unicode arrays) plus the generator checkpoint
+Artifacts are .npz without pickle (JSON summaries as 0-d unicode arrays; per-sample arrays; the generated
+images as uint8 (m, C, H, W) under `generated`, for reports) plus the generator checkpoint
 (`unit-NNNN.generator.pt`, tensors and primitives only).
 
 Stored scores (one row per training sample): `copy_count` = generated samples that copy the sample
@@ -82,6 +83,11 @@ def _tensor(images: ImageSet, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(images.images).to(device)  # (N, C, H, W) float32 in [0, 1]
 
 
+def _uint8(images: torch.Tensor) -> np.ndarray:
+    """Generated images (m, C, H, W) as uint8, for reports (4x smaller than float32)."""
+    return (images.detach().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+
+
 def compute_unit(
     kind: str, job_spec: dict[str, Any], index: int, inputs: GanInputs, device: torch.device,
     progress: Callable[[Any], None], should_stop: Callable[[], bool],
@@ -109,6 +115,7 @@ def _mrgan_unit(
         "copy_count": result.copy_count.cpu().numpy(), "closest": result.closest.cpu().numpy(),
         "generated_distance": result.generated_distance.cpu().numpy(),
         "generated_nearest": result.generated_nearest.cpu().numpy(),
+        "generated": _uint8(result.generated),
     }  # fmt: skip
     cells = [vars(row) for row in result.cells]
     return GanUnitResult(arrays, {**result.summary(), "unit": index, "cells": cells}, result.run.checkpoint())
@@ -133,6 +140,7 @@ def _copy_test_unit(job_spec: dict[str, Any], inputs: GanInputs, device: torch.d
         "rho": report.rho.rho.cpu().numpy(),
         "generated_distance": report.generated_nearest.distance.cpu().numpy(),
         "generated_nearest": report.generated_nearest.index.cpu().numpy(),
+        "generated": _uint8(generated),
     }  # fmt: skip
     cells = [vars(row) for row in report.copying.cells]
     return GanUnitResult(arrays, {**report.summary(), "cells": cells}, None)
