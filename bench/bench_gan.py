@@ -1,6 +1,7 @@
 """GAN-side speed: exact NN search throughput and MR-GAN steps/s with and without rejection.
 
     .venv/bin/python bench/bench_gan.py [--device cpu] [--refs 60000] [--queries 2000] [--steps 200]
+                                        [--threads N]
 
 1. Nearest-neighbour search (models.neighbours, exact, chunked): queries/s against ``--refs`` synthetic
    784-dim references (uniform noise: the search is exact, its cost depends only on the sizes), for the
@@ -84,7 +85,10 @@ def main() -> None:
     parser.add_argument("--refs", type=int, default=60000)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     machine = {"machine": platform.node(), "threads": torch.get_num_threads(), "device": str(device),
                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
