@@ -22,8 +22,9 @@ def test_single_user_mode_needs_no_key(sqlite_stack: Stack) -> None:
 
 def test_builtin_and_path_datasets_run_to_success(sqlite_stack: Stack) -> None:
     np.save(sqlite_stack.data_root / "sixty.npy", digits_subset(60, offset=200), allow_pickle=False)
+    with_heldout = {**tiny_job({"path": "sixty.npy"}), "heldout": {"builtin": "digits:test"}}
     jobs = [
-        sqlite_stack.client.post("/jobs", json=tiny_job({"path": "sixty.npy"})),
+        sqlite_stack.client.post("/jobs", json=with_heldout),
         sqlite_stack.client.post("/jobs", json=tiny_job({"builtin": "digits:test"}, epochs=1)),
     ]
     for response in jobs:
@@ -31,6 +32,10 @@ def test_builtin_and_path_datasets_run_to_success(sqlite_stack: Stack) -> None:
     finished = [sqlite_stack.wait_for_state(r.headers["Location"]) for r in jobs]
     assert [job["state"] for job in finished] == ["succeeded", "succeeded"], finished
     assert [job["n_samples"] for job in finished] == [60, 299]
+    # With a held-out set the fold models also generate images (at least as many as held-out ones,
+    # spread evenly over the 6 models) for the reports' nearest-neighbour panels.
+    generated = np.load(sqlite_stack.data_dir / "artifacts" / finished[0]["id"] / "generated.npy")
+    assert generated.shape[1:] == (1, 8, 8) and 299 <= generated.shape[0] < 299 + 6
     top: dict[str, Any] = sqlite_stack.client.get("/scores", params={"top": 5}).json()
     assert top["job_id"] == finished[1]["id"] and len(top["items"]) == 5
     scores = [item["score"] for item in top["items"]]
@@ -123,3 +128,10 @@ def test_openapi_operation_ids_are_clean(sqlite_stack: Stack) -> None:
     assert {"get_health", "upload_dataset", "list_datasets", "get_dataset", "create_job", "list_jobs",
             "get_job", "cancel_job", "top_scores", "list_job_scores", "get_sample", "get_sample_image"} <= ids
     assert all(op_id.replace("_", "").isalnum() and op_id.islower() for op_id in ids), ids
+
+
+def test_heldout_of_another_shape_is_refused(sqlite_stack: Stack) -> None:
+    np.save(sqlite_stack.data_root / "small.npy", np.zeros((10, 4, 4), dtype=np.uint8), allow_pickle=False)
+    body = {**tiny_job({"builtin": "digits:test"}), "heldout": {"path": "small.npy"}}
+    response = sqlite_stack.client.post("/jobs", json=body)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["heldout"]
