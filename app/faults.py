@@ -8,7 +8,8 @@ the test waits for. Actions:
 
 - ``pause``: hold here until the arm file is removed (the test SIGKILLs the worker meanwhile);
 - ``kill``: SIGKILL this very process (a unit that keeps killing its worker);
-- ``enospc``: raise ``OSError(ENOSPC)``, as a full disk would.
+- ``enospc``: raise ``OSError(ENOSPC)``, as a full disk would;
+- ``crash``: raise ``RuntimeError`` (a bug, or a corrupt input that fails the same way every time).
 """
 
 from __future__ import annotations
@@ -60,5 +61,7 @@ def _act(arm_file: Path, action: str, name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "enospc":
         raise OSError(errno.ENOSPC, f"No space left on device (fault point {name})")
+    elif action == "crash":
+        raise RuntimeError(f"injected crash at fault point {name}")
     else:
         raise ValueError(f"fault point {name}: unknown action {action!r}")

@@ -70,6 +70,12 @@ class Tally:
         }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -133,7 +139,7 @@ async def _soak_client(
 async def drive(
     base: str, clients: int, seconds: float, job_id: str, rows: int, soak: bool, api_pid: int
 ) -> tuple[dict[str, Any], list[tuple[float, float]]]:
-    tally, rss = Tally(), [(0.0, rss_mb(api_pid))]
+    tally, rss, cpu_before = Tally(), [(0.0, rss_mb(api_pid))], cpu_seconds(api_pid)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
@@ -154,7 +160,13 @@ async def drive(
                 rss.append((round(elapsed, 1), rss_mb(api_pid)))
         await asyncio.gather(*tasks)
         rss.append((round(time.monotonic() - started, 1), rss_mb(api_pid)))
-    return tally.summary(time.monotonic() - started), rss
+    summary = tally.summary(time.monotonic() - started)
+    # CPU the API spent per answered request: a figure that does not depend on how busy the box was.
+    summary["api_cpu_ms_per_request"] = round(
+        (cpu_seconds(api_pid) - cpu_before) * 1e3 / max(summary["requests"], 1), 2
+    )
+    summary["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    return summary, rss
 
 
 def start_api(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
@@ -173,6 +185,8 @@ def start_api(env: dict[str, str], port: int, workers: int, log: Path) -> subpro
         "--log-level",
         "warning",
         "--no-access-log",
+        "--timeout-keep-alive",  # as behind a load balancer: the 5 s default races busy keep-alive clients
+        "75",
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -257,7 +271,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {phase} | **all** ({report[phase]['seconds']} s) | {report[phase]['requests']} | "
             f"{report[phase]['rps']} | | |"
         )
-        lines.append(f"\n{phase}: errors = {report[phase]['error_count']} {report[phase]['errors'] or ''}\n")
+        lines.append(
+            f"\n{phase}: errors = {report[phase]['error_count']} {report[phase]['errors'] or ''}; "
+            f"API CPU per request {report[phase]['api_cpu_ms_per_request']} ms; "
+            f"load average at the end {report[phase]['load_average_1m_at_end']}\n"
+        )
     if "soak" in report:
         trace = ", ".join(f"{t:.0f}s: {mb} MB" for t, mb in report["soak"]["rss_mb"])
         lines.append(f"API RSS during the soak: {trace}")

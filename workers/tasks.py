@@ -1,26 +1,46 @@
-"""Celery tasks: thin wrappers taking ids; the work is in workers.runner."""
+"""Celery tasks: thin wrappers taking ids; the work is in workers.runner.
+
+A transient DB error (connection drop) is retried with exponential backoff and never fails the job.
+Any other exception would recur on every redelivery (and the reconciler would re-send the step
+forever), so it fails the job at once, with the step and the reason as its error.
+"""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable
 
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from workers import runner
+from app.db import session_scope
+from workers import runner, state
 from workers.celery_app import FINISH_JOB, PLAN_JOB, RUN_UNIT
 
-# A transient DB error (connection drop) is retried with backoff instead of failing the job.
+log = logging.getLogger(__name__)
 _RETRY = {"autoretry_for": (OperationalError,), "retry_backoff": 2, "retry_backoff_max": 60, "max_retries": 8}
+
+
+def _fail_job_on_crash(job_id: str, step: str, work: Callable[[], None]) -> None:
+    try:
+        work()
+    except OperationalError:
+        raise
+    except Exception as error:
+        log.exception("%s of job %s crashed; failing the job", step, job_id)
+        with session_scope() as session:
+            state.mark_failed(session, job_id, f"{step}: {type(error).__name__}: {error}")
 
 
 @shared_task(name=PLAN_JOB, acks_late=True, **_RETRY)
 def plan_job(job_id: str) -> None:
-    runner.plan_job(job_id)
+    _fail_job_on_crash(job_id, "planning", lambda: runner.plan_job(job_id))
 
 
 @shared_task(name=RUN_UNIT, acks_late=True, **_RETRY)
 def run_unit(job_id: str, index: int) -> None:
     try:
-        runner.run_unit(job_id, index)
+        _fail_job_on_crash(job_id, f"unit {index}", lambda: runner.run_unit(job_id, index))
     except OperationalError:
         runner.release_after_db_error(job_id, index)
         raise
@@ -28,4 +48,4 @@ def run_unit(job_id: str, index: int) -> None:
 
 @shared_task(name=FINISH_JOB, acks_late=True, **_RETRY)
 def finish_job(job_id: str) -> None:
-    runner.finish_job(job_id)
+    _fail_job_on_crash(job_id, "finishing step", lambda: runner.finish_job(job_id))

@@ -77,7 +77,7 @@ class FaultStack:
 
     # --- workers ---------------------------------------------------------------------------------
     def start_worker(self) -> subprocess.Popen[bytes]:
-        log = self.tmp / f"worker-{len(self.workers)}.log"
+        log = self.tmp / f"worker-{len(self.workers):03d}.log"  # sorts in start order
         process = self._exits.enter_context(worker_process(self.env, log))
         self.workers.append(process)
         return process

@@ -118,17 +118,32 @@ def test_a_unit_that_keeps_killing_its_worker_fails_the_job(
     assert stack.workers[-1].poll() is None, "the worker's main process survives its children's deaths"
 
 
+def test_a_step_that_always_crashes_fails_the_job_once_without_a_retry_loop(
+    stack: FaultStack, job_body: dict[str, Any]
+) -> None:
+    stack.arm("finish", "crash")
+    try:
+        job = stack.wait_for(stack.submit(job_body))
+        time.sleep(4)  # longer than stale_after_s: a reconciler loop would have re-sent the step by now
+    finally:
+        stack.disarm("finish")
+    assert job["state"] == "failed", job
+    assert job["error"] == "finishing step: RuntimeError: injected crash at fault point finish"
+    assert stack.times_reached("finish") == 1
+
+
 def test_redis_restart_loses_messages_and_the_reconciler_recovers(
     stack: FaultStack, job_body: dict[str, Any], reference: np.ndarray
 ) -> None:
     stack.arm("unit_epoch", "pause", after=1)  # unit 0 is running, units 1 and 2 wait in Redis
+    logged_before = len(stack.worker_logs())
     job_id = stack.submit(job_body)
     stack.wait_reached("unit_epoch")
     stack.redis.restart()
     assert redis.Redis.from_url(stack.redis.url).llen("gpu") == 0, "the restart must lose the queue"
     stack.disarm("unit_epoch")
     _assert_same_as_reference(stack, job_id, reference)
-    assert "reconcile: re-enqueued" in stack.worker_logs()
+    assert "reconcile: re-enqueued" in stack.worker_logs()[logged_before:]
 
 
 def test_dropped_database_connections_are_retried_not_fatal(
@@ -136,13 +151,15 @@ def test_dropped_database_connections_are_retried_not_fatal(
 ) -> None:
     stack.arm("unit_epoch", "pause", after=2)
     stack.arm("finish", "pause")
+    logged_before = len(stack.worker_logs())
     job_id = stack.submit(job_body)
     for point in ("unit_epoch", "finish"):  # mid-training, then inside the finishing transaction
         stack.wait_reached(point)
         assert stack.terminate_db_connections() > 0
         stack.disarm(point)
     _assert_same_as_reference(stack, job_id, reference)
-    assert "Retry in" in stack.worker_logs(), "the finishing step should have been retried with backoff"
+    new_log = stack.worker_logs()[logged_before:]
+    assert "OperationalError" in new_log and "Retry in" in new_log, "the finishing step must be retried"
 
 
 def test_artifact_write_failure_fails_the_job_and_nothing_provisional_looks_final(
