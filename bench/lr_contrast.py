@@ -25,14 +25,20 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--is-samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--n-samples", type=int, default=1797, help="first N digits (memorization shows sooner)"
+    )
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
+    import torch
     from sklearn.datasets import load_digits
 
     from models.audit import run_audit
     from models.config import AuditConfig, ModelConfig, TrainConfig
 
-    images = (load_digits().images / 16.0).astype(np.float32)[:, None]
+    torch.set_num_threads(args.threads)
+    images = (load_digits().images[: args.n_samples] / 16.0).astype(np.float32)[:, None]
     audit_cfg = AuditConfig(
         folds=args.folds,
         repeats=args.repeats,
