@@ -82,9 +82,15 @@ class _MlpAutoencoder(nn.Module):
 class ModuleEmbedder:
     """Runs a feature module (the trained encoder or a TorchScript extractor) in eval mode, batched."""
 
-    def __init__(self, module: nn.Module | torch.jit.ScriptModule, flatten_input: bool) -> None:
+    def __init__(
+        self,
+        module: nn.Module | torch.jit.ScriptModule,
+        flatten_input: bool,
+        offset: torch.Tensor | None = None,
+    ) -> None:
         self.module = module.eval()
         self.flatten_input = flatten_input
+        self.offset = offset  # (F,) subtracted from every feature vector
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -96,7 +102,8 @@ class ModuleEmbedder:
             parts.append(self.module(batch).flatten(1).float())
         if not parts:
             return images.new_zeros((0, 0))
-        return torch.cat(parts)  # (N, F)
+        features = torch.cat(parts)  # (N, F)
+        return features if self.offset is None else features - self.offset
 
 
 def train_autoencoder(train_images: torch.Tensor, cfg: EmbeddingConfig) -> nn.Module:
@@ -156,7 +163,10 @@ def build_embedder(cfg: EmbeddingConfig, train_images: torch.Tensor) -> Embedder
     if cfg.kind == "pixels":
         return PixelEmbedder()
     if cfg.kind == "autoencoder":
-        return ModuleEmbedder(train_autoencoder(train_images, cfg), flatten_input=True)
+        encoder = ModuleEmbedder(train_autoencoder(train_images, cfg), flatten_input=True)
+        # Centre the codes on the training mean: raw codes share a large common offset, which would make
+        # every cosine distance tiny and the rejection threshold meaningless.
+        return ModuleEmbedder(encoder.module, flatten_input=True, offset=encoder.embed(train_images).mean(0))
     assert cfg.torchscript_path is not None
     what = "embedding torchscript"
     module = load_torchscript(cfg.torchscript_path, train_images.device, what)

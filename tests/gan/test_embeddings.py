@@ -48,6 +48,9 @@ def test_autoencoder_is_seeded_and_semantic(digit_splits: DigitSplits) -> None:
     jitter = embedder.embed((digit_splits.test[:50] + 0.01).clamp(0, 1))
     other = embedder.embed(digit_splits.fresh[:50])
     assert (base - jitter).norm(dim=1).mean() < 0.2 * (base - other).norm(dim=1).mean()
+    # Codes are centred on the training mean, so cosine distances are not squashed by a common offset.
+    train_codes = embedder.embed(digit_splits.train)
+    assert float(train_codes.mean(0).abs().max()) < 1e-4 * float(train_codes.abs().mean())
 
 
 def _scripted(path: Path) -> EmbeddingConfig:
