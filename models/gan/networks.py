@@ -19,9 +19,11 @@ class MlpGenerator(nn.Module):
     def __init__(self, cfg: GanConfig) -> None:
         super().__init__()
         self.image_shape = cfg.image_shape
+        # Batch norm in G: on digits at the paper's lr (2e-4) it takes the Fréchet distance after 3000 steps
+        # from 10.2 to 0.64 (docs/science.md).
         self.net = nn.Sequential(
-            nn.Linear(cfg.latent_dim, cfg.width), nn.ReLU(),
-            nn.Linear(cfg.width, cfg.width), nn.ReLU(),
+            nn.Linear(cfg.latent_dim, cfg.width), nn.BatchNorm1d(cfg.width), nn.ReLU(),
+            nn.Linear(cfg.width, cfg.width), nn.BatchNorm1d(cfg.width), nn.ReLU(),
             nn.Linear(cfg.width, math.prod(cfg.image_shape)),
         )  # fmt: skip
 
