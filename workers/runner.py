@@ -330,6 +330,8 @@ def finish_job(job_id: str) -> None:
             for index in missing:
                 enqueue(RUN_UNIT, job_id, index)
             return
+        if not _count_finish_attempt(session, job):
+            return
         paths = _done_artifacts(session, job_id)
         if job.kind in gan_runner.GAN_KINDS:
             arrays, summary = gan_runner.finish(job.kind, paths)
@@ -341,6 +343,31 @@ def finish_job(job_id: str) -> None:
         write_generated(paths[0].parent, final)
         write_scores(session, job_id, score_arrays(final.scores), units=len(units), provisional=False)
         _mark_succeeded(session, job_id, summarize(final))
+
+
+def _count_finish_attempt(session: Session, job: Job) -> bool:
+    """The finishing step gets a bounded number of starts, like a unit (it too can kill its worker,
+    e.g. out of memory on a huge N). Commits; False when the job was failed instead."""
+    attempts = int((job.progress or {}).get("finish_attempts", 0))
+    if attempts >= get_settings().max_unit_attempts:
+        message = f"the finishing step was started {attempts} times and never finished (its worker died)"
+        state.mark_failed(session, job.id, message)
+        return False
+    job.progress = {**(job.progress or {}), "finish_attempts": attempts + 1}
+    session.commit()
+    return True
+
+
+def release_finish_attempt(job_id: str) -> None:
+    """A transient DB error is not a worker death: give the finishing step's attempt back (best effort)."""
+    try:
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+            if job is not None and job.state not in state.TERMINAL_STATES:
+                attempts = int((job.progress or {}).get("finish_attempts", 0))
+                job.progress = {**(job.progress or {}), "finish_attempts": max(attempts - 1, 0)}
+    except OperationalError:
+        log.warning("could not release the finishing attempt of job %s", job_id, exc_info=True)
 
 
 def _mark_succeeded(session: Session, job_id: str, summary: dict[str, Any]) -> None:

@@ -48,4 +48,8 @@ def run_unit(job_id: str, index: int) -> None:
 
 @shared_task(name=FINISH_JOB, acks_late=True, **_RETRY)
 def finish_job(job_id: str) -> None:
-    _fail_job_on_crash(job_id, "finishing step", lambda: runner.finish_job(job_id))
+    try:
+        _fail_job_on_crash(job_id, "finishing step", lambda: runner.finish_job(job_id))
+    except OperationalError:
+        runner.release_finish_attempt(job_id)
+        raise

@@ -118,6 +118,20 @@ def test_a_unit_that_keeps_killing_its_worker_fails_the_job(
     assert stack.workers[-1].poll() is None, "the worker's main process survives its children's deaths"
 
 
+def test_a_finishing_step_that_keeps_killing_its_worker_fails_the_job(
+    stack: FaultStack, job_body: dict[str, Any]
+) -> None:
+    stack.arm("finish", "kill")
+    try:
+        job = stack.wait_for(stack.submit(job_body), timeout_s=150)
+    finally:
+        stack.disarm("finish")
+    assert job["state"] == "failed", job
+    assert job["error"] == "the finishing step was started 3 times and never finished (its worker died)"
+    assert stack.times_reached("finish") == 3
+    assert job["scores"]["provisional"] is True  # the provisional set stays, labelled so
+
+
 def test_a_step_that_always_crashes_fails_the_job_once_without_a_retry_loop(
     stack: FaultStack, job_body: dict[str, Any]
 ) -> None:
