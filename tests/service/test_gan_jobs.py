@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from tests.service.harness import Stack
 from tests.service.jobdata import digits_subset
@@ -41,6 +43,29 @@ def test_copy_test_job_ranks_the_copied_training_images_first(sqlite_stack: Stac
     assert other["copy_count"] == 0 and other["rho"] > 0
     scores = [item["score"] for item in top["items"]]
     assert scores == sorted(scores, reverse=True)
+
+
+class _TinyGenerator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 64)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.linear(z)).view(z.shape[0], 1, 8, 8)
+
+
+def test_copy_test_job_samples_a_torchscript_generator(sqlite_stack: Stack) -> None:
+    torch.jit.script(_TinyGenerator()).save(str(sqlite_stack.data_root / "tiny_generator.pt"))
+    job = _submit(sqlite_stack, {
+        "kind": "copy_test", "dataset": {"builtin": "digits:train"}, "heldout": {"builtin": "digits:test"},
+        "copy_test": {"generator_path": "tiny_generator.pt", "latent_dim": 4, "n_generated": 250, "cells": 2},
+    })  # fmt: skip
+    assert job["summary"]["n_generated"] == 250 and job["summary"]["c_t"] > 0  # noise-like samples underfit
+    missing = sqlite_stack.client.post("/jobs", json={
+        "kind": "copy_test", "dataset": {"builtin": "digits:train"}, "heldout": {"builtin": "digits:test"},
+        "copy_test": {"generator_path": "tiny_generator.pt"},
+    })  # fmt: skip
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["copy_test", "latent_dim"]
 
 
 def test_mrgan_job_runs_one_unit_per_tau(sqlite_stack: Stack) -> None:
