@@ -20,7 +20,7 @@ from app.services.errors import Invalid
 from app.settings import Settings
 from models.copying import CopyTestConfig, resolve_cells
 from models.data_files import ensure_inside
-from models.embeddings import EmbeddingConfig
+from models.embeddings import EmbeddingConfig, load_torchscript
 from models.gan import GanConfig, MrganConfig, SweepConfig
 from models.imageset import DataError
 
@@ -103,12 +103,27 @@ def data_path(relative: str, settings: Settings, field: str) -> Path:
     return path
 
 
+def torchscript_path(relative: str, settings: Settings, field: str) -> Path:
+    """A TorchScript file under the data root, loaded once here so that anything else (a pickle, a
+    state dict, garbage) is a 422 before the job exists. torch.jit.load never unpickles."""
+    path = data_path(relative, settings, field)
+    limit = settings.max_uncompressed_bytes
+    if path.stat().st_size > limit:
+        raise Invalid(field, f"{relative} is larger than the limit of {limit} bytes")
+    try:
+        load_torchscript(str(path), "cpu", field)
+    except ValueError:
+        raise Invalid(field, f"{relative} is not a TorchScript file (save it with torch.jit.script or "
+                             "torch.jit.trace, then .save)") from None
+    return path
+
+
 def embedding_config(spec: dict[str, Any], seed: int, settings: Settings, field: str) -> EmbeddingConfig:
     path = None
     if spec["kind"] == "torchscript":
         if not spec.get("path"):
             raise Invalid(f"{field}.path", "a torchscript embedding needs the path of its file")
-        path = str(data_path(spec["path"], settings, f"{field}.path"))
+        path = str(torchscript_path(spec["path"], settings, f"{field}.path"))
     try:
         return EmbeddingConfig(kind=spec["kind"], torchscript_path=path, latent_dim=spec["latent_dim"],
                                epochs=spec["epochs"], seed=seed)  # fmt: skip
@@ -168,7 +183,7 @@ def copy_test_configs(spec: dict[str, Any], n_test: int, settings: Settings) -> 
     if has_generator:
         if section["latent_dim"] is None:
             raise Invalid("copy_test.latent_dim", "a TorchScript generator needs its latent size")
-        generator_path = data_path(section["generator_path"], settings, "copy_test.generator_path")
+        generator_path = torchscript_path(section["generator_path"], settings, "copy_test.generator_path")
     try:
         copy = CopyTestConfig(cells=resolve_cells(section["cells"], n_test), metric=section["metric"],
                               seed=section["seed"])  # fmt: skip

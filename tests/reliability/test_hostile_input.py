@@ -243,23 +243,60 @@ def test_paths_escaping_the_data_root_or_bad_files_are_refused(
     assert response.json()["detail"][0]["loc"][:2] == ["dataset", "path"]
 
 
-def test_torchscript_that_is_not_torchscript_is_refused_without_unpickling(tmp_path: Path) -> None:
-    # The API takes no TorchScript yet (VAE jobs only); this is the loader every route will go through.
-    from models.embeddings import load_torchscript
+class _Payload:
+    """Unpickling this creates the canary file: proof that something unpickled an attacker's file."""
 
-    canary = tmp_path / "ran"
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.canary,))
+
+
+@pytest.fixture(scope="module")
+def fake_torchscripts(keyed_stack: Stack) -> dict[str, Path]:
+    """Files under the data root that are not TorchScript, one of them a malicious pickle."""
     import pickle
 
-    class Payload:
-        def __reduce__(self) -> tuple[Any, ...]:
-            return (Path.touch, (canary,))
+    import torch
 
-    for name, data in [
-        ("garbage.pt", b"not a zip"),
-        ("pickle.pt", pickle.dumps(Payload())),
-        ("zip.pt", _npz_with({"data.pkl": pickle.dumps(Payload())})),
-    ]:
-        (tmp_path / name).write_bytes(data)
-        with pytest.raises(ValueError, match="is not a TorchScript file"):
-            load_torchscript(str(tmp_path / name), "cpu", "embedding")
-    assert not canary.exists(), "a pickle payload was executed"
+    canary = keyed_stack.data_root.parent / "unpickled-canary"
+    files = {
+        "garbage.pt": b"not a zip, not anything",
+        "pickle.pt": pickle.dumps(_Payload(canary)),
+        "zip-with-pickle.pt": _npz_with({"archive/data.pkl": pickle.dumps(_Payload(canary))}),
+    }
+    for name, data in files.items():
+        (keyed_stack.data_root / name).write_bytes(data)
+    torch.save({"weight": torch.zeros(3)}, keyed_stack.data_root / "state-dict.pt")  # torch.save, not jit
+    return {"canary": canary}
+
+
+@pytest.mark.parametrize("name", ["garbage.pt", "pickle.pt", "zip-with-pickle.pt", "state-dict.pt"])
+@pytest.mark.parametrize("where", ["generator", "embedding"])
+def test_torchscript_files_that_are_not_torchscript_are_422_and_never_unpickled(
+    keyed_stack: Stack, fake_torchscripts: dict[str, Path], unchanged: None, name: str, where: str
+) -> None:
+    section: dict[str, Any] = {"latent_dim": 4}
+    if where == "generator":
+        section["generator_path"] = name
+        body = {
+            "kind": "copy_test",
+            "dataset": {"builtin": "digits:train"},
+            "heldout": {"builtin": "digits:test"},
+            "copy_test": section,
+        }
+        location = ["copy_test", "generator_path"]
+    else:
+        body = {
+            "kind": "copy_test",
+            "dataset": {"builtin": "digits:train"},
+            "heldout": {"builtin": "digits:test"},
+            "generated": {"builtin": "digits:test"},
+            "copy_test": {"embedding": {"kind": "torchscript", "path": name}},
+        }
+        location = ["copy_test", "embedding", "path"]
+    response = keyed_stack.client.post("/jobs", json=body, headers=AS_ALICE)
+    _assert_refused(response, 422, (name, "is not a TorchScript file"))
+    assert response.json()["detail"][0]["loc"] == location
+    assert not fake_torchscripts["canary"].exists(), "a pickle payload was executed"
