@@ -178,3 +178,17 @@ def test_assemble_from_artifacts_keeps_the_generated_samples(digits: np.ndarray,
     assert without.samples is not None and without.samples.shape == (9, 1, 8, 8)
     np.testing.assert_array_equal(without.samples[:7], with_heldout.samples)
     assert with_heldout.model_ids.tolist() == [0, 1, 2] and with_heldout.timings["wall_seconds"] == 1.0
+
+
+def test_conv_on_one_cpu_thread_is_planned_one_model_per_unit() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        conv_units = plan_units(
+            ModelConfig(arch="conv"), AuditConfig(folds=4, repeats=1), 100, (1, 8, 8), CPU
+        )
+        mlp_units = plan_units(MODEL, AuditConfig(folds=4, repeats=1), 100, (1, 8, 8), CPU)
+    finally:
+        torch.set_num_threads(threads)
+    assert conv_units == [[0], [1], [2], [3]]
+    assert mlp_units == [[0, 1, 2, 3]]
