@@ -4,7 +4,7 @@ A unit is the group of fold models ``train_unit`` trains as one batched ensemble
 ``AuditConfig.models_per_unit`` when set; otherwise the largest size that fits the device: on CUDA
 a share of the free memory divided by an estimate of one model's training footprint (parameters
 plus Adam state plus activations of one minibatch); on CPU at most ``CPU_MODELS_PER_UNIT`` models,
-except the conv VAE on a single thread, which gets units of one model (docs/benchmarks.md).
+except the conv VAE, which gets units of one model there (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ def auto_models_per_unit(
     batch_size: int = 64,
 ) -> int:
     if device.type != "cuda":
-        if model_cfg.arch == "conv" and torch.get_num_threads() == 1:
-            # one CPU thread: grouped convolutions are slower than plain ones (docs/benchmarks.md), and a
-            # unit of one model is exactly the sequential strategy
+        if model_cfg.arch == "conv":
+            # PyTorch's CPU grouped (transposed) convolutions are slower than E plain ones at 1 and 2
+            # threads (docs/benchmarks.md); a unit of one model is exactly the sequential strategy
             return 1
         return min(audit_cfg.n_models, CPU_MODELS_PER_UNIT)
     free, _total = torch.cuda.mem_get_info(device)

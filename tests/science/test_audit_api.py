@@ -180,15 +180,16 @@ def test_assemble_from_artifacts_keeps_the_generated_samples(digits: np.ndarray,
     assert with_heldout.model_ids.tolist() == [0, 1, 2] and with_heldout.timings["wall_seconds"] == 1.0
 
 
-def test_conv_on_one_cpu_thread_is_planned_one_model_per_unit() -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_on_cpu_is_planned_one_model_per_unit(threads: int) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         conv_units = plan_units(
             ModelConfig(arch="conv"), AuditConfig(folds=4, repeats=1), 100, (1, 8, 8), CPU
         )
         mlp_units = plan_units(MODEL, AuditConfig(folds=4, repeats=1), 100, (1, 8, 8), CPU)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     assert conv_units == [[0], [1], [2], [3]]
     assert mlp_units == [[0, 1, 2, 3]]
