@@ -1,48 +1,19 @@
 """`memaudit copytest` and `memaudit mrgan`: GAN data-copying checks and MR-GAN tau sweeps, locally.
 
 Every input is checked before any training starts; a bad input is one line on stderr and exit code 2.
+Only the options live here: the work (torch and the science core) is imported when a command runs, so
+that the other commands do not load torch. The two choice lists mirror models.gan.config (a test keeps
+them equal) because importing that package imports torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from app.cli.audit_report import versions, write_summary
-from app.cli.gan_report import (
-    format_sweep,
-    format_top_copied,
-    sweep_columns,
-    write_copytest,
-    write_csv,
-    write_tau_unit,
-)
-from models.audit import Cancelled, resolve_device
-from models.copying import CopyTestConfig, resolve_cells
-from models.data import DataError, ImageSet, load_dataset
-from models.embeddings import EmbeddingConfig
-from models.gan import (
-    GanConfig,
-    MrganConfig,
-    MrganProgress,
-    SweepConfig,
-    TauResult,
-    config_to_dict,
-    generate_from_torchscript,
-    run_copy_test,
-    run_sweep,
-)
-from models.gan.config import GAN_ARCHS, REJECTION_MODES
-
-EXIT_INPUT_ERROR = 2
-EXIT_INTERRUPTED = 130
-HELDOUT_EVERY = 6  # without --heldout, every sixth image (index % 6 == 5) is held out, as for digits
+GAN_ARCHS = ("mlp", "dcgan")
+REJECTION_MODES = ("G", "GD")
 DATASET_HELP = "built-in name (digits, fashion-mnist[:test][:pad32]), .npz (key images), .npy or PNG folder"
 
 
@@ -58,8 +29,12 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         "--embedding", default="pixels", help="pixels (default), autoencoder, or torchscript:PATH"
     )
     parser.add_argument("--cells", type=int, help="C_T k-means cells (default 50, fewer for small test sets)")
-    parser.add_argument("--copy-quantile", type=float, default=0.05,
-                        help="copy threshold = this quantile of test->train NN distances (default 0.05)")
+    parser.add_argument(
+        "--copy-quantile",
+        type=float,
+        default=0.05,
+        help="copy threshold = this quantile of test->train NN distances (default 0.05)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--top", type=int, default=10, help="how many most-copied samples to print")
@@ -97,18 +72,23 @@ def _register_mrgan(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--heldout", help="held-out set (default: every sixth image of DATASET)")
     taus = parser.add_argument_group("tau (cosine distance; at least one of the two)")
     taus.add_argument("--tau", type=float, nargs="+", default=[], help="rejection thresholds")
-    taus.add_argument("--tau-quantile", type=float, nargs="+", default=[],
-                      help="taus as quantiles of held-out -> training NN distances")
+    taus.add_argument(
+        "--tau-quantile",
+        type=float,
+        nargs="+",
+        default=[],
+        help="taus as quantiles of held-out -> training NN distances",
+    )
     gan = parser.add_argument_group("GAN (defaults: MLP for small images, DCGAN for 28/32 px)")
     gan.add_argument("--arch", choices=GAN_ARCHS)
     gan.add_argument("--latent-dim", type=int)
     gan.add_argument("--width", type=int, help="MLP hidden units or DCGAN base filters")
     training = parser.add_argument_group("training")
     training.add_argument("--mode", choices=REJECTION_MODES, default="G")
-    training.add_argument("--steps", type=int, default=MrganConfig.steps, help="generator steps")
-    training.add_argument("--batch-size", type=int, default=MrganConfig.batch_size)
-    training.add_argument("--d-steps", type=int, default=MrganConfig.d_steps)
-    training.add_argument("--lr", type=float, default=MrganConfig.lr)
+    training.add_argument("--steps", type=int, help="generator steps (default 2000)")
+    training.add_argument("--batch-size", type=int, help="default 64")
+    training.add_argument("--d-steps", type=int, help="discriminator steps per generator step (default 1)")
+    training.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4)")
     parser.add_argument(
         "--n-generated", type=int, help="samples per tau to evaluate (default: held-out size)"
     )
@@ -121,183 +101,12 @@ def _register_mrgan(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def copytest_command(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    try:
-        device = resolve_device(args.device)
-        train = load_dataset(args.train, field="train")
-        test = load_dataset(args.test, field="test")
-        _check_same_shape(train, test, "test")
-        _check_top(args.top)
-        train_images, test_images = _tensor(train, device), _tensor(test, device)
-        generated = _generated_images(args, train, test.count, device)
-        embedding = EmbeddingConfig.parse(args.embedding, seed=args.seed)
-        copy_cfg = CopyTestConfig(
-            cells=resolve_cells(args.cells, test.count), metric=args.metric, seed=args.seed
-        )
-        args.out.mkdir(parents=True, exist_ok=True)
-        report = run_copy_test(
-            train_images, test_images, generated, embedding=embedding, copy=copy_cfg,
-            copy_quantile=args.copy_quantile,
-        )  # fmt: skip
-    except (DataError, ValueError) as error:
-        return _input_error("copytest", error)
-    except OSError as error:
-        return _input_error("copytest", f"out: cannot create {args.out} ({error.strerror or error})")
-    sample_ids = np.arange(train.count)
-    tables = write_copytest(args.out, report, sample_ids)
-    summary = {
-        **report.summary(),
-        "embedding": config_to_dict(embedding),
-        "copy_test": config_to_dict(copy_cfg),
-        "copy_quantile": args.copy_quantile,
-        "train": train.describe(),
-        "test": test.describe(),
-        "generated_source": args.generated or f"torchscript:{args.generator}",
-        "device": str(device),
-        "seconds": time.perf_counter() - started,
-        "versions": versions(),
-    }
-    summary_path = write_summary(args.out, summary)
-    if args.top:
-        print(format_top_copied(report.counts, sample_ids, args.top))
-    kept, cells = summary["cells_kept"], summary["cells"]
-    print(f"C_T = {report.copying.c_t:.3f} over {kept} of {cells} cells (<< 0: copying, >> 0: underfit)")
-    print(f"Fréchet distance (test vs generated, {args.embedding}) = {report.frechet:.4g}")
-    print(f"Wrote {', '.join(str(t) for t in tables)} and {summary_path}")
-    return 0
+    from app.cli.gan_run import copytest_command as run
 
-
-def _generated_images(
-    args: argparse.Namespace, train: ImageSet, n_test: int, device: torch.device
-) -> torch.Tensor:
-    if args.generated is not None:
-        if args.latent_dim is not None or args.n_generated is not None:
-            raise DataError("generated", "--latent-dim and --n-generated only apply to --generator")
-        generated = load_dataset(args.generated, field="generated")
-        _check_same_shape(train, generated, "generated")
-        return _tensor(generated, device)
-    if args.latent_dim is None:
-        raise DataError("latent-dim", "--generator needs --latent-dim")
-    return generate_from_torchscript(
-        args.generator, args.latent_dim, args.n_generated or n_test, train.image_shape,
-        seed=args.seed, device=device,
-    )  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------------- mrgan
+    return run(args)
 
 
 def mrgan_command(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    try:
-        device = resolve_device(args.device)
-        train, heldout, sample_ids = _mrgan_data(args)
-        gan, train_cfg, sweep = _mrgan_configs(args, train, heldout)
-        embedding = EmbeddingConfig.parse(args.embedding, seed=args.seed)
-        _check_top(args.top)
-        args.out.mkdir(parents=True, exist_ok=True)
-    except (DataError, ValueError) as error:
-        return _input_error("mrgan", error)
-    except OSError as error:
-        return _input_error("mrgan", f"out: cannot create {args.out} ({error.strerror or error})")
-    try:
-        results = run_sweep(
-            _tensor(train, device), _tensor(heldout, device), gan, train_cfg, sweep, embedding,
-            progress=_print_progress if sys.stderr.isatty() else None,
-        )  # fmt: skip
-    except ValueError as error:  # e.g. C_T cells without test samples: a problem of the inputs
-        return _input_error("mrgan", error)
-    except (KeyboardInterrupt, Cancelled):
-        print("memaudit mrgan: interrupted; nothing written", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    _write_mrgan(args, results, sample_ids, gan, train_cfg, sweep, embedding, train, heldout, device, started)
-    return 0
+    from app.cli.gan_run import mrgan_command as run
 
-
-def _mrgan_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet, np.ndarray]:
-    """Training set, held-out set and the training samples' ids in DATASET as given."""
-    dataset = load_dataset(args.dataset, field="dataset")
-    if args.heldout is not None:
-        heldout = load_dataset(args.heldout, field="heldout")
-        _check_same_shape(dataset, heldout, "heldout")
-        return dataset, heldout, np.arange(dataset.count)
-    held = np.arange(dataset.count) % HELDOUT_EVERY == HELDOUT_EVERY - 1
-    if held.sum() < 2:
-        raise DataError("heldout", f"{args.dataset} is too small to hold out every sixth image")
-    train_ids = np.flatnonzero(~held)
-    return dataset.subset(train_ids), dataset.subset(np.flatnonzero(held)), train_ids
-
-
-def _mrgan_configs(
-    args: argparse.Namespace, train: ImageSet, heldout: ImageSet
-) -> tuple[GanConfig, MrganConfig, SweepConfig]:
-    default = GanConfig.for_images(train.image_shape)
-    arch = args.arch or default.arch
-    fallback = default if arch == default.arch else GanConfig(arch=arch)
-    gan = GanConfig(
-        arch=arch, image_shape=train.image_shape,
-        latent_dim=args.latent_dim or fallback.latent_dim, width=args.width or fallback.width,
-    )  # fmt: skip
-    train_cfg = MrganConfig(
-        steps=args.steps, batch_size=args.batch_size, d_steps=args.d_steps, lr=args.lr, mode=args.mode,
-        seed=args.seed,
-    )  # fmt: skip
-    sweep = SweepConfig(
-        taus=tuple(args.tau), tau_quantiles=tuple(args.tau_quantile), copy_quantile=args.copy_quantile,
-        n_generated=args.n_generated, cells=resolve_cells(args.cells, heldout.count),
-        ct_metric=args.ct_metric,
-    )  # fmt: skip
-    return gan, train_cfg, sweep
-
-
-def _write_mrgan(
-    args: argparse.Namespace, results: list[TauResult], sample_ids: np.ndarray, gan: GanConfig,
-    train_cfg: MrganConfig, sweep: SweepConfig, embedding: EmbeddingConfig, train: ImageSet,
-    heldout: ImageSet, device: torch.device, started: float,
-) -> None:  # fmt: skip
-    for index, result in enumerate(results):
-        write_tau_unit(args.out / f"tau_{index:02d}", result, sample_ids)
-    table = write_csv(args.out / "sweep.csv", sweep_columns(results))
-    summary = {
-        "units": [{"folder": f"tau_{i:02d}", **result.summary()} for i, result in enumerate(results)],
-        "gan": config_to_dict(gan),
-        "training": config_to_dict(train_cfg),
-        "sweep": config_to_dict(sweep),
-        "embedding": config_to_dict(embedding),
-        "train": train.describe(),
-        "heldout": heldout.describe(),
-        "device": str(device),
-        "seconds": time.perf_counter() - started,
-        "versions": versions(),
-    }
-    summary_path = write_summary(args.out, summary)
-    print(format_sweep(results))
-    print(f"Wrote {table}, {summary_path} and one tau_NN/ folder per tau")
-
-
-def _print_progress(tau: float, event: MrganProgress) -> None:
-    print(f"\rtau={tau:.4g} step {event.step}/{event.steps} rejected {event.rejection_rate:.3f}",
-          end="\n" if event.step == event.steps else "", file=sys.stderr, flush=True)  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-
-
-def _tensor(images: ImageSet, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(images.images).to(device)  # (N, C, H, W) float32 in [0, 1]
-
-
-def _check_same_shape(train: ImageSet, other: ImageSet, field: str) -> None:
-    if other.image_shape != train.image_shape:
-        shapes = f"{other.image_shape} (C, H, W) but training images are {train.image_shape}"
-        raise DataError(field, f"images are shaped {shapes}")
-
-
-def _check_top(top: int) -> None:
-    if top < 0:
-        raise DataError("top", f"must be >= 0, got {top}")
-
-
-def _input_error(command: str, error: Exception | str) -> int:
-    print(f"memaudit {command}: error: {error}", file=sys.stderr)
-    return EXIT_INPUT_ERROR
+    return run(args)

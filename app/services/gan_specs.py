@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
@@ -18,11 +18,15 @@ from sqlalchemy.orm import Session
 from app.services.datasets import dataset_summary, load_dataset_spec
 from app.services.errors import Invalid
 from app.settings import Settings
-from models.copying import CopyTestConfig, resolve_cells
 from models.data_files import ensure_inside
-from models.embeddings import EmbeddingConfig, load_torchscript
-from models.gan import GanConfig, MrganConfig, SweepConfig
 from models.imageset import DataError
+
+if TYPE_CHECKING:
+    # The GAN science modules import torch; the API process imports them only when a GAN job is
+    # validated, so an API that never sees one does not pay torch's memory and start-up time.
+    from models.copying import CopyTestConfig
+    from models.embeddings import EmbeddingConfig
+    from models.gan import GanConfig, MrganConfig, SweepConfig
 
 GAN_KINDS = ("mrgan", "copy_test")
 
@@ -110,6 +114,8 @@ def torchscript_path(relative: str, settings: Settings, field: str) -> Path:
     limit = settings.max_uncompressed_bytes
     if path.stat().st_size > limit:
         raise Invalid(field, f"{relative} is larger than the limit of {limit} bytes")
+    from models.embeddings import load_torchscript
+
     try:
         load_torchscript(str(path), "cpu", field)
     except ValueError:
@@ -119,6 +125,8 @@ def torchscript_path(relative: str, settings: Settings, field: str) -> Path:
 
 
 def embedding_config(spec: dict[str, Any], seed: int, settings: Settings, field: str) -> EmbeddingConfig:
+    from models.embeddings import EmbeddingConfig
+
     path = None
     if spec["kind"] == "torchscript":
         if not spec.get("path"):
@@ -139,6 +147,9 @@ def _section(spec: dict[str, Any], name: str, model: type[BaseModel]) -> dict[st
 def mrgan_configs(spec: dict[str, Any], image_shape: tuple[int, int, int], n_heldout: int,
                   settings: Settings) -> MrganJobConfigs:  # fmt: skip
     """Science configs of a stored mrgan spec; raises Invalid naming the field."""
+    from models.copying import resolve_cells
+    from models.gan import GanConfig, MrganConfig, SweepConfig
+
     section = _section(spec, "mrgan", MrganSpec)
     try:
         default = GanConfig.for_images(image_shape)
@@ -175,6 +186,8 @@ class CopyTestJobConfigs:
 
 
 def copy_test_configs(spec: dict[str, Any], n_test: int, settings: Settings) -> CopyTestJobConfigs:
+    from models.copying import CopyTestConfig, resolve_cells
+
     section = _section(spec, "copy_test", CopyTestSpec)
     has_samples, has_generator = spec.get("generated") is not None, bool(section["generator_path"])
     if has_samples == has_generator:

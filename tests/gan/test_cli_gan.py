@@ -93,3 +93,17 @@ def test_mrgan_needs_a_tau(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "tau: give at least one tau or tau quantile" in capsys.readouterr().err
     assert main(["mrgan", "digits", "--tau", "3", "--out", str(tmp_path / "x")]) == 2
     assert "cosine distances lie in [0, 2]" in capsys.readouterr().err
+
+
+def test_cli_choices_mirror_the_gan_config_and_the_cli_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    from app.cli import gan as gan_cli
+    from models.gan.config import GAN_ARCHS, REJECTION_MODES
+
+    assert gan_cli.GAN_ARCHS == GAN_ARCHS
+    assert gan_cli.REJECTION_MODES == REJECTION_MODES
+    probe = "import sys, app.cli; app.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
