@@ -64,6 +64,8 @@ class Dataset(Base):
     dtype: Mapped[str] = mapped_column(String(32))
     min_value: Mapped[float] = mapped_column(Float)
     max_value: Mapped[float] = mapped_column(Float)
+    # Pixels are exact multiples of 1/255; None only for float uploads recorded before revision 0002.
+    is_8bit: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

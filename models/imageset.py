@@ -8,6 +8,7 @@ answer 4xx and the CLI can print one line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -113,11 +114,21 @@ def image_set_from_array(
 
 def check_likelihood_range(images: ImageSet, likelihood: str, field: str = "dataset") -> None:
     """Refuse data whose pixel values the likelihood cannot score."""
+    check_likelihood_facts(likelihood, is_8bit=lambda: images.is_8bit, field=field)
+
+
+def check_likelihood_facts(
+    likelihood: str, *, is_8bit: bool | Callable[[], bool], field: str = "dataset"
+) -> None:
+    """The rule behind :func:`check_likelihood_range`, from recorded facts rather than pixels.
+
+    ``is_8bit`` may be a callable so that the pixel scan runs only when the likelihood needs it.
+    """
     if likelihood not in LIKELIHOODS:
         known = ", ".join(sorted(LIKELIHOODS))
         raise DataError("likelihood", f"unknown likelihood {likelihood!r} (choose one of {known})")
     # ImageSet already guarantees [0, 1], which is all Bernoulli (dynamic binarization) needs.
-    if likelihood in EIGHT_BIT_LIKELIHOODS and not images.is_8bit:
+    if likelihood in EIGHT_BIT_LIKELIHOODS and not (is_8bit() if callable(is_8bit) else is_8bit):
         raise DataError(
             field,
             f"the {likelihood} likelihood scores 8-bit images, but these float pixels are not multiples of "

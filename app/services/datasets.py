@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -122,6 +121,7 @@ def _insert_dataset(
         dtype=images.source_kind,
         min_value=float(pixels.min()),
         max_value=float(pixels.max()),
+        is_8bit=images.is_8bit,  # so that POST /jobs checks likelihoods from the row, not the file
         size_bytes=size,
     )
     session.add(row)
@@ -184,8 +184,3 @@ def _load_path(relative: str, settings: Settings, field: str) -> ImageSet:
         raise Invalid(field, "only .npy and .npz files can be named by path")
     return read_array_file(path, path.suffix, settings, field)
 
-
-def dataset_summary(images: ImageSet) -> dict[str, object]:
-    pixels: np.ndarray = images.images
-    return {"count": images.count, "image_shape": list(images.image_shape), "min": float(pixels.min()),
-            "max": float(pixels.max()), "source_kind": images.source_kind}

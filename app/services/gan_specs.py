@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from app.services.datasets import dataset_summary, load_dataset_spec
+from app.services.dataset_facts import dataset_facts
 from app.services.errors import Invalid
 from app.settings import Settings
 from models.data_files import ensure_inside
@@ -215,16 +215,16 @@ def validate_gan_job(
     """Every check a GAN job's worker would otherwise fail on; returns the datasets' facts."""
     if canonical["heldout"] is None:
         raise Invalid("heldout", f"a {canonical['kind']} job needs a held-out (test) set")
-    train = load_dataset_spec(canonical["dataset"], session, settings, owner, "dataset")
-    heldout = load_dataset_spec(canonical["heldout"], session, settings, owner, "heldout")
+    train = dataset_facts(canonical["dataset"], session, settings, owner, "dataset")
+    heldout = dataset_facts(canonical["heldout"], session, settings, owner, "heldout")
     sets = {"train": train, "heldout": heldout}
     if canonical["generated"] is not None:
         if canonical["kind"] != "copy_test":
             raise Invalid("generated", "only copy_test jobs take generated samples")
-        sets["generated"] = load_dataset_spec(canonical["generated"], session, settings, owner, "generated")
-    for name, images in sets.items():
-        if images.image_shape != train.image_shape:
-            raise Invalid(name, f"images are {list(images.image_shape)}, the training set's are "
+        sets["generated"] = dataset_facts(canonical["generated"], session, settings, owner, "generated")
+    for name, facts in sets.items():
+        if facts.image_shape != train.image_shape:
+            raise Invalid(name, f"images are {list(facts.image_shape)}, the training set's are "
                                 f"{list(train.image_shape)}")  # fmt: skip
     if canonical["kind"] == "mrgan":
         if canonical["copy_test"] is not None:
@@ -234,7 +234,7 @@ def validate_gan_job(
         if canonical["mrgan"] is not None:
             raise Invalid("mrgan", "only mrgan jobs take this section")
         copy_test_configs(canonical, sets["heldout"].count, settings)
-    return {name: dataset_summary(images) for name, images in sets.items()}
+    return {name: facts.summary() for name, facts in sets.items()}
 
 
 def reject_gan_sections(canonical: dict[str, Any]) -> None:

@@ -17,14 +17,13 @@ from sqlalchemy.orm import Session
 
 from app.db import Job, Unit, utcnow
 from app.ratelimit import check_job_rate
-from app.services.datasets import dataset_summary, load_dataset_spec
+from app.services.dataset_facts import check_likelihood, dataset_facts
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.gan_specs import GAN_KINDS, reject_gan_sections, validate_gan_job
 from app.services.specs import JobCreate, request_hash
 from app.settings import Settings
 from app.webhooks import notify_on_commit
 from models.config import AuditConfig, ModelConfig, TrainConfig
-from models.imageset import DataError, check_likelihood_range
 
 ACTIVE_STATES = ("queued", "running", "cancelling")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -53,21 +52,18 @@ def _validate(request: JobCreate, canonical: dict[str, Any], session: Session, s
     _check_section("model", ModelConfig.from_dict, canonical["model"])
     _check_section("training", TrainConfig.from_dict, canonical["training"])
     _check_section("audit", AuditConfig.from_dict, canonical["audit"])
-    train = load_dataset_spec(canonical["dataset"], session, settings, owner, "dataset")
-    try:
-        check_likelihood_range(train, canonical["model"]["likelihood"], field="dataset")
-    except DataError as error:
-        raise Invalid(error.field, error.message) from None
+    train = dataset_facts(canonical["dataset"], session, settings, owner, "dataset")
+    check_likelihood(train, canonical["model"]["likelihood"], field="dataset")
     folds: int = canonical["audit"]["folds"]
     if folds > train.count:
         raise Invalid("audit.folds", f"K={folds} exceeds the {train.count} samples of the dataset")
-    facts: dict[str, Any] = {"train": dataset_summary(train)}
+    facts: dict[str, Any] = {"train": train.summary()}
     if canonical["heldout"] is not None:
-        heldout = load_dataset_spec(canonical["heldout"], session, settings, owner, "heldout")
+        heldout = dataset_facts(canonical["heldout"], session, settings, owner, "heldout")
         if heldout.image_shape != train.image_shape:
             raise Invalid("heldout", f"images are {list(heldout.image_shape)}, the training set's are "
                           f"{list(train.image_shape)}")
-        facts["heldout"] = dataset_summary(heldout)
+        facts["heldout"] = heldout.summary()
     return facts
 
 

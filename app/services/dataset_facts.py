@@ -1,0 +1,97 @@
+"""What job validation needs to know about a dataset (count, image shape, pixel range, 8-bit), without
+loading pixels where the facts were recorded already.
+
+Uploaded datasets (``{"id"}``) are described by their `datasets` row, written when the upload was
+validated: POST /jobs never reads an uploaded file (except once for a float upload recorded before
+revision 0002, whose 8-bit flag is then written back). Built-ins are loaded once per process and
+their facts cached; ``{"path"}`` files are loaded, as the file may change between requests.
+Workers still load the arrays themselves (they need the pixels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.db import Dataset
+from app.services.datasets import get_dataset, load_dataset_spec, read_array_file
+from app.services.errors import Invalid
+from app.settings import Settings
+from models.builtin_datasets import BUILTIN_NAMES, is_builtin, load_builtin
+from models.imageset import DataError, ImageSet, SourceKind, check_likelihood_facts
+
+_BUILTIN_FIELD = "builtin"  # replaced by the caller's field when loading fails (errors are not cached)
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    count: int
+    image_shape: tuple[int, int, int]  # (C, H, W) as the science core sees it
+    min: float  # pixel range after scaling to [0, 1]
+    max: float
+    source_kind: SourceKind
+    is_8bit: bool
+
+    @classmethod
+    def of_images(cls, images: ImageSet) -> DatasetFacts:
+        return cls(count=images.count, image_shape=images.image_shape, min=float(images.images.min()),
+                   max=float(images.images.max()), source_kind=images.source_kind,
+                   is_8bit=images.is_8bit)  # fmt: skip
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON stored in a job's spec["facts"] (the same keys as before facts existed)."""
+        return {"count": self.count, "image_shape": list(self.image_shape), "min": self.min, "max": self.max,
+                "source_kind": self.source_kind}  # fmt: skip
+
+
+def dataset_facts(
+    spec: dict[str, str], session: Session, settings: Settings, owner: str, field: str
+) -> DatasetFacts:
+    """Facts of {"id"} | {"builtin"} | {"path"}; raises Invalid/NotFound naming the field."""
+    if "id" in spec:
+        row = get_dataset(session, owner, spec["id"], field=f"{field}.id")
+        return _row_facts(row, settings, f"{field}.id")
+    if "builtin" in spec:
+        return _builtin_facts_for(spec["builtin"], f"{field}.builtin")
+    return DatasetFacts.of_images(load_dataset_spec(spec, session, settings, owner, field))
+
+
+def check_likelihood(facts: DatasetFacts, likelihood: str, field: str) -> None:
+    """`check_likelihood_range` on facts (one rule, in models.imageset), as Invalid."""
+    try:
+        check_likelihood_facts(likelihood, is_8bit=facts.is_8bit, field=field)
+    except DataError as error:
+        raise Invalid(error.field, error.message) from None
+
+
+def image_shape_of(original_shape: list[int]) -> tuple[int, int, int]:
+    """(C, H, W) of a stored (N, H, W) or (N, H, W, C) shape (what image_set_from_array makes of it)."""
+    if len(original_shape) == 3:
+        return 1, int(original_shape[1]), int(original_shape[2])
+    return int(original_shape[3]), int(original_shape[1]), int(original_shape[2])
+
+
+def _row_facts(row: Dataset, settings: Settings, field: str) -> DatasetFacts:
+    if row.is_8bit is None:  # a float upload recorded before revision 0002: scan it once
+        stored = settings.uploads_dir / row.storage_path
+        row.is_8bit = read_array_file(stored, stored.suffix, settings, field).is_8bit
+    return DatasetFacts(count=int(row.shape[0]), image_shape=image_shape_of(row.shape), min=row.min_value,
+                        max=row.max_value, source_kind="uint8" if row.dtype == "uint8" else "float",
+                        is_8bit=row.is_8bit)  # fmt: skip
+
+
+def _builtin_facts_for(name: str, field: str) -> DatasetFacts:
+    if not is_builtin(name):
+        raise Invalid(field, f"unknown built-in dataset {name!r} (built-ins: {', '.join(BUILTIN_NAMES)})")
+    try:
+        return _builtin_facts(name)
+    except DataError as error:
+        raise Invalid(field if error.field == _BUILTIN_FIELD else error.field, error.message) from None
+
+
+@lru_cache(maxsize=16)
+def _builtin_facts(name: str) -> DatasetFacts:
+    return DatasetFacts.of_images(load_builtin(name, field=_BUILTIN_FIELD))
