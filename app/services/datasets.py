@@ -170,7 +170,8 @@ def _load_builtin(name: str, field: str) -> ImageSet:
         raise Invalid(error.field, error.message) from None
 
 
-def _load_path(relative: str, settings: Settings, field: str) -> ImageSet:
+def data_root_file(relative: str, settings: Settings, field: str) -> Path:
+    """A file under the data root (never outside it, symlinks resolved), else Invalid naming the field."""
     if settings.data_root is None:
         raise Invalid(field, "this server has no data root (MEMAUDIT_DATA_ROOT); upload the file instead")
     root = settings.data_root.resolve()
@@ -180,7 +181,11 @@ def _load_path(relative: str, settings: Settings, field: str) -> ImageSet:
         raise Invalid(error.field, error.message) from None
     if not path.is_file():
         raise Invalid(field, f"no file {relative!r} under the data root")
+    return path
+
+
+def _load_path(relative: str, settings: Settings, field: str) -> ImageSet:
+    path = data_root_file(relative, settings, field)
     if path.suffix not in (".npy", ".npz"):
         raise Invalid(field, "only .npy and .npz files can be named by path")
     return read_array_file(path, path.suffix, settings, field)
-

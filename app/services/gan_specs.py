@@ -16,10 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from app.services.dataset_facts import dataset_facts
+from app.services.datasets import data_root_file
 from app.services.errors import Invalid
 from app.settings import Settings
-from models.data_files import ensure_inside
-from models.imageset import DataError
 
 if TYPE_CHECKING:
     # The GAN science modules import torch; the API process imports them only when a GAN job is
@@ -93,24 +92,10 @@ class MrganJobConfigs:
         return len(self.sweep.taus) + len(self.sweep.tau_quantiles)
 
 
-def data_path(relative: str, settings: Settings, field: str) -> Path:
-    """A file under the data root (never outside it, symlinks resolved)."""
-    if settings.data_root is None:
-        raise Invalid(field, "this server has no data root (MEMAUDIT_DATA_ROOT) to read the file from")
-    root = settings.data_root.resolve()
-    try:
-        path = ensure_inside(root / relative, root, field)
-    except DataError as error:
-        raise Invalid(error.field, error.message) from None
-    if not path.is_file():
-        raise Invalid(field, f"no such file under the data root: {relative}")
-    return path
-
-
 def torchscript_path(relative: str, settings: Settings, field: str) -> Path:
     """A TorchScript file under the data root, loaded once here so that anything else (a pickle, a
     state dict, garbage) is a 422 before the job exists. torch.jit.load never unpickles."""
-    path = data_path(relative, settings, field)
+    path = data_root_file(relative, settings, field)
     limit = settings.max_uncompressed_bytes
     if path.stat().st_size > limit:
         raise Invalid(field, f"{relative} is larger than the limit of {limit} bytes")
