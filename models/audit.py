@@ -266,15 +266,16 @@ def run_audit(
         )
         for ids in units
     ]
-    return assemble(results, images.shape[0], audit_cfg, heldout, time.perf_counter() - started)
+    n_heldout = None if heldout is None else len(heldout)
+    return assemble(results, images.shape[0], audit_cfg, n_heldout, time.perf_counter() - started)
 
 
 def assemble(
-    results: Sequence[UnitResult], n: int, audit_cfg: AuditConfig, heldout: np.ndarray | None, wall: float
+    results: Sequence[UnitResult], n: int, audit_cfg: AuditConfig, n_heldout: int | None, wall: float
 ) -> AuditResult:
     """Combine finished units (any order) into the audit's result; `wall` is reported as wall_seconds.
 
-    Generated samples: `n_generated` of them, or |heldout| when unset; with neither, all pooled samples
+    Generated samples: `n_generated` of them, or n_heldout = |H| when unset; with neither, all pooled samples
     (each model made ceil(|H| / (K*L)), so that is at least |H|)."""
     order = np.argsort(np.concatenate([r.model_ids for r in results]))
 
@@ -294,7 +295,7 @@ def assemble(
         pooled = cat("samples")[order]
         wanted = audit_cfg.n_generated
         if wanted is None:  # |S| = |H|; without H at hand keep everything the models generated
-            wanted = pooled.shape[0] * pooled.shape[1] if heldout is None else len(heldout)
+            wanted = pooled.shape[0] * pooled.shape[1] if n_heldout is None else n_heldout
         samples = sample_images(pooled, wanted)
     return AuditResult(
         scores=scores,

@@ -44,10 +44,11 @@ def combine_units(paths: list[Path], n_samples: int, audit: AuditConfig) -> Scor
     return combine(folds_of, model_ids, loglik)
 
 
-def final_result(paths: list[Path], n_samples: int, audit: AuditConfig) -> AuditResult:
+def final_result(paths: list[Path], n_samples: int, audit: AuditConfig, n_heldout: int | None) -> AuditResult:
+    """The whole audit from its units; n_heldout = |H| keeps |S| = |H| generated samples (SPEC §3)."""
     results = [load_unit(path) for path in paths]
     wall = sum(r.timings.get("train_seconds", 0.0) + r.timings.get("is_seconds", 0.0) for r in results)
-    return assemble_units(results, n_samples, audit, None, wall)
+    return assemble_units(results, n_samples, audit, n_heldout, wall)
 
 
 def score_arrays(scores: Scores) -> ScoreArrays:

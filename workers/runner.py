@@ -338,7 +338,9 @@ def finish_job(job_id: str) -> None:
             write_scores(session, job_id, arrays, units=len(units), provisional=False)
             _mark_succeeded(session, job_id, summary)
             return
-        final = final_result(paths, job.n_samples, build_configs(job.spec).audit)
+        heldout_facts = job.spec.get("facts", {}).get("heldout")
+        n_heldout = None if heldout_facts is None else int(heldout_facts["count"])
+        final = final_result(paths, job.n_samples, build_configs(job.spec).audit, n_heldout)
         fault_point("finish")
         write_generated(paths[0].parent, final)
         write_scores(session, job_id, score_arrays(final.scores), units=len(units), provisional=False)

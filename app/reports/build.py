@@ -182,6 +182,10 @@ def _vae_parts(session: Session, settings: Settings, job: Job, train: np.ndarray
     summary = job.summary or {}
     heldout = _images_or_none(job.spec.get("heldout"), session, settings, job.owner, "heldout")
     generated = _generated(settings, job.id)
+    if generated is not None and heldout is not None:
+        # |S| = |H| (SPEC §3). Jobs finished before the finishing step applied that rule kept every
+        # pooled sample; the pool is round-robin over the models, so its first |H| are the same choice.
+        generated = generated[: len(heldout)] if len(generated) >= len(heldout) else None
     score = _column(session, job.id, SampleScore.score)
     rows = [row for row in top_scores(session, job.id, top) if row.score is not None]
     neighbours = _neighbours_of(train, heldout, generated, [row.sample_id for row in rows]) \

@@ -172,7 +172,7 @@ def test_assemble_from_artifacts_keeps_the_generated_samples(digits: np.ndarray,
     for i, unit in enumerate(units):
         save_unit(tmp_path / f"{i}.npz", unit)
     loaded = [load_unit(tmp_path / f"{i}.npz") for i in range(2)]
-    with_heldout = assemble(loaded, 60, cfg, heldout, wall=1.0)
+    with_heldout = assemble(loaded, 60, cfg, len(heldout), wall=1.0)
     assert with_heldout.samples is not None and with_heldout.samples.shape == (7, 1, 8, 8)
     without = assemble(loaded, 60, cfg, None, wall=1.0)  # ceil(7 / 3) = 3 per model, all kept
     assert without.samples is not None and without.samples.shape == (9, 1, 8, 8)
