@@ -12,6 +12,7 @@ strategy, so training and importance sampling share one code path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -129,26 +130,14 @@ class StackedMLPVAE(ModelStack):
         return self.log_var_param
 
 
-def _grouped_conv(modules: Sequence[nn.Module]) -> nn.Conv2d:
-    convs = [m for m in modules if isinstance(m, nn.Conv2d)]
-    first, groups = convs[0], len(convs)
-    grouped = nn.Conv2d(
-        first.in_channels * groups,
-        first.out_channels * groups,
-        KERNEL,
-        STRIDE,
-        PADDING,
-        groups=groups,
-        bias=first.bias is not None,
-    )
-    _copy_grouped(grouped, convs)
-    return grouped
+ConvKind = TypeVar("ConvKind", nn.Conv2d, nn.ConvTranspose2d)
 
 
-def _grouped_conv_transpose(modules: Sequence[nn.Module]) -> nn.ConvTranspose2d:
-    convs = [m for m in modules if isinstance(m, nn.ConvTranspose2d)]
+def _grouped(kind: type[ConvKind], modules: Sequence[nn.Module]) -> ConvKind:
+    """One grouped convolution (groups = number of models) holding the weights of E plain ones."""
+    convs = [m for m in modules if isinstance(m, kind)]
     first, groups = convs[0], len(convs)
-    grouped = nn.ConvTranspose2d(
+    grouped = kind(
         first.in_channels * groups,
         first.out_channels * groups,
         KERNEL,
@@ -196,14 +185,14 @@ class StackedConvVAE(ModelStack):
             return nn.ModuleList(_grouped_norm([getattr(m, attr)[i] for m in models]) for i in range(count))
 
         self.encoder_convs = nn.ModuleList(
-            _grouped_conv([m.encoder_convs[i] for m in models]) for i in range(len(first.encoder_convs))
+            _grouped(nn.Conv2d, [m.encoder_convs[i] for m in models]) for i in range(len(first.encoder_convs))
         )
         self.encoder_norms = grouped_norms("encoder_norms")
         self.encoder_head = StackedLinear([m.encoder_head for m in models])
         self.decoder_input = StackedLinear([m.decoder_input for m in models])
         self.decoder_input_norm = _grouped_norm([m.decoder_input_norm for m in models])
         self.decoder_convs = nn.ModuleList(
-            _grouped_conv_transpose([m.decoder_convs[i] for m in models])
+            _grouped(nn.ConvTranspose2d, [m.decoder_convs[i] for m in models])
             for i in range(len(first.decoder_convs))
         )
         self.decoder_norms = grouped_norms("decoder_norms")
