@@ -7,7 +7,7 @@ service tests) and SQLite (embedded default).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -27,8 +27,11 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
+from app.lifecycle import JobState, UnitState
 from app.settings import get_settings
 
 
@@ -38,6 +41,23 @@ def utcnow() -> dt.datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+class _StateColumn(TypeDecorator[Any]):
+    """A state enum stored as its plain string (what the database always held), read back as the enum."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def __init__(self, states: type[JobState] | type[UnitState]) -> None:
+        super().__init__()
+        self.states = states
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else str(self.states(value))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> JobState | UnitState | None:
+        return None if value is None else self.states(value)
 
 
 class ApiKey(Base):
@@ -80,7 +100,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(32), default="vae_audit")
-    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    state: Mapped[JobState] = mapped_column(_StateColumn(JobState), default=JobState.QUEUED, index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated request, normalised
     idempotency_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
     request_hash: Mapped[str] = mapped_column(String(64))
@@ -89,6 +109,11 @@ class Job(Base):
     device: Mapped[str | None] = mapped_column(String(32), nullable=True)
     units_total: Mapped[int] = mapped_column(Integer, default=0)
     units_done: Mapped[int] = mapped_column(Integer, default=0)
+    # Starts of the finishing step (bounded like a unit's attempts; also its claim token) and the
+    # heartbeat of the one running now (revision 0003; before, the count lived in ``progress``).
+    finish_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    finish_heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The running unit's live position (unit, epoch, epochs, fraction); counters are columns.
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -99,6 +124,10 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
+    def progress_document(self) -> dict[str, Any]:
+        """What the API and webhooks show as ``progress``: the counters plus the live position."""
+        return {**(self.progress or {}), "units_done": self.units_done, "units_total": self.units_total}
+
 
 class Unit(Base):
     __tablename__ = "units"
@@ -108,7 +137,8 @@ class Unit(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     index: Mapped[int] = mapped_column(Integer)
     model_ids: Mapped[list[Any]] = mapped_column(JSON)
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|done|failed
+    state: Mapped[UnitState] = mapped_column(_StateColumn(UnitState), default=UnitState.PENDING)
+    # Starts of this unit; the value a run claimed it with is that run's token (see workers.runner).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     artifact_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     epoch: Mapped[int] = mapped_column(Integer, default=0)
@@ -190,3 +220,35 @@ def session_scope() -> Iterator[Session]:
 def is_postgres(session_or_engine: Session | Engine) -> bool:
     bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
     return bind.dialect.name == "postgresql"
+
+
+_AFTER_COMMIT = "memaudit.after_commit"
+_AFTER_ROLLBACK = "memaudit.after_rollback"
+_HOOKED = "memaudit.commit_hooks"
+
+
+def on_commit(session: Session, committed: Callable[[], None],
+              rolled_back: Callable[[], None] | None = None) -> None:
+    """Run ``committed`` once the session's current transaction commits, or ``rolled_back`` (if given)
+    when it rolls back instead; either way the pair is then forgotten. Callbacks run outside any
+    transaction (they must not use the session) and in the order registered.
+    """
+    if not session.info.get(_HOOKED):
+        event.listen(session, "after_commit", _after_commit)
+        event.listen(session, "after_rollback", _after_rollback)
+        session.info[_HOOKED] = True
+    session.info.setdefault(_AFTER_COMMIT, []).append(committed)
+    session.info.setdefault(_AFTER_ROLLBACK, []).append(rolled_back)
+
+
+def _after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_ROLLBACK, None)
+    for callback in session.info.pop(_AFTER_COMMIT, []):
+        callback()
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+    for callback in session.info.pop(_AFTER_ROLLBACK, []):
+        if callback is not None:
+            callback()

@@ -31,10 +31,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from app.db import Job
+from app.db import Job, on_commit
 
 log = logging.getLogger(__name__)
 
@@ -253,13 +252,13 @@ def notify_on_commit(session: Session, job_id: str, previous_state: str | None =
     url = (job.spec or {}).get("webhook_url") if job is not None else None
     if job is None or not url:
         return
-    snapshot = {"id": job.id, "state": job.state, "kind": job.kind, "progress": dict(job.progress or {}),
+    snapshot = {"id": job.id, "state": str(job.state), "kind": job.kind, "progress": job.progress_document(),
                 "summary": job.summary, "error": job.error}
 
-    def _send(_session: Session) -> None:
+    def _send() -> None:
         try:
             notify_job_state(str(url), snapshot, previous_state)
         except Exception:  # a webhook problem must never fail the transition that triggered it
             log.exception("could not queue the webhook for job %s", job_id)
 
-    event.listen(session, "after_commit", _send, once=True)
+    on_commit(session, _send)

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from app.db import Job, make_engine
+from app.lifecycle import JobState
 from app.migrate import upgrade_to_head
 from app.services.score_writer import ScoreArrays, write_scores
 from tests.service.harness import wait_for_http
@@ -45,13 +46,14 @@ def ingest(url: str, rows: int) -> tuple[str, float]:
     engine = make_engine(url)
     job_id = str(uuid.uuid4())
     with Session(engine, expire_on_commit=False) as session:
-        session.add(Job(id=job_id, owner="local", state="succeeded", spec={}, request_hash="bench",
+        session.add(Job(id=job_id, owner="local", state=JobState.RUNNING, spec={}, request_hash="bench",
                         n_samples=rows, image_shape=[1, 28, 28]))
         session.commit()
         arrays = _scores(rows, seed=0)
         started = time.perf_counter()
-        write_scores(session, job_id, arrays, units=1, provisional=False)
+        write_scores(session, job_id, arrays, units=1, provisional=False)  # only an active job takes scores
         seconds = time.perf_counter() - started
+        session.execute(update(Job).where(Job.id == job_id).values(state=JobState.SUCCEEDED))
         session.execute(text("ANALYZE sample_scores"))
         session.commit()
     engine.dispose()

@@ -45,7 +45,7 @@ def run_one_worker(device: str) -> int:
     from celery.signals import worker_process_init, worker_ready
 
     from app.settings import get_settings
-    from workers.celery_app import QUEUE, get_celery
+    from app.tasks import QUEUE, get_celery
     from workers.reconcile import reconcile, start_periodic
 
     def _on_ready(**_kwargs: object) -> None:

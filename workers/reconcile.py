@@ -1,18 +1,21 @@
 """Re-enqueue work the broker may have lost. The DB is the source of truth, the broker is not.
 
 Every worker runs reconcile() when it starts and then every ``reconcile_interval_s`` (a daemon
-thread in the worker's main process). It sends:
+thread in the worker's main process). In one transaction it:
 
-- run_unit for a *running* unit whose heartbeat is older than ``stale_after_s`` (its worker died:
-  the heartbeat thread of a live worker stamps it every ``heartbeat_interval_s``);
-- when no unit anywhere is running with a fresh heartbeat (the workers are idle, so a queue that
-  still held messages would be draining): run_unit for pending units, plan_job for queued jobs without
-  units, finish_job for jobs whose units are all done, each untouched for ``stale_after_s``.
+- takes back a *running* unit whose heartbeat is older than ``stale_after_s`` (its worker died: a live
+  worker's heartbeat thread stamps it every ``heartbeat_interval_s``): running -> pending, and re-sends it;
+- when no unit anywhere is running with a fresh heartbeat (the workers are idle, so a queue that still
+  held messages would be draining): re-sends pending units, plan steps of queued jobs without units and
+  finishing steps of jobs whose units are all done (and whose finishing step has no live heartbeat),
+  each untouched for ``stale_after_s``.
 
-Each send is claimed first by a guarded UPDATE of the row's timestamp, so two reconcilers (two
-workers) send it once, and the same work is not re-sent before another ``stale_after_s``. Every task
-is idempotent, so a duplicate costs only a redundant check (or, for a unit that was in fact still
-running, a redundant run whose artifact is identical).
+Candidates are read with ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL: a second reconciler
+running at the same moment skips the rows the first one is claiming instead of waiting for them, and
+never sees them as still stale. Each claim is a guarded UPDATE of the row's timestamp (compared with the
+value read), so on SQLite, which has no row locks, two reconcilers still send each task once. Tasks are
+sent after the commit (app.tasks.enqueue_on_commit); every task is idempotent, so a duplicate costs
+only a redundant check.
 """
 
 from __future__ import annotations
@@ -20,19 +23,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, and_, exists, or_, select
 from sqlalchemy.orm import QueryableAttribute, Session
 
 from app.db import Job, Unit, session_scope, utcnow
+from app.lifecycle import JOB_ACTIVE, JobState, UnitState, guarded_update
 from app.settings import get_settings
-from workers.celery_app import FINISH_JOB, PLAN_JOB, RUN_UNIT, enqueue
+from app.tasks import FINISH_JOB, PLAN_JOB, RUN_UNIT, enqueue_on_commit, pending_tasks
 
 log = logging.getLogger(__name__)
-ACTIVE = ("queued", "running", "cancelling")
-Send = tuple[str, tuple[object, ...]]
 
 
 def _aware(moment: dt.datetime) -> dt.datetime:
@@ -44,66 +45,87 @@ def _older(moment: dt.datetime | None, cutoff: dt.datetime) -> bool:
     return moment is None or _aware(moment) < cutoff
 
 
-def _same(column: QueryableAttribute[Any], value: dt.datetime | None) -> ColumnElement[bool]:
+def _same(column: QueryableAttribute[Any], value: object) -> ColumnElement[bool]:
     return column.is_(None) if value is None else column == value
 
 
-def _claim_unit(session: Session, unit: Unit, now: dt.datetime) -> bool:
-    """Stamp the unit so no other reconciler re-sends it; False when another one did first."""
-    result = session.execute(
-        update(Unit).where(Unit.id == unit.id, _same(Unit.heartbeat_at, unit.heartbeat_at))
-        .values(heartbeat_at=now)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-def _claim_job(session: Session, job: Job, now: dt.datetime) -> bool:
-    result = session.execute(
-        update(Job).where(Job.id == job.id, _same(Job.updated_at, job.updated_at)).values(updated_at=now)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
 def _workers_busy(session: Session, cutoff: dt.datetime) -> bool:
-    beats = session.scalars(select(Unit.heartbeat_at).where(Unit.state == "running")).all()
+    beats = session.scalars(select(Unit.heartbeat_at).where(Unit.state == UnitState.RUNNING)).all()
     return any(not _older(beat, cutoff) for beat in beats)
 
 
-def _unit_sends(session: Session, job: Job, units: Sequence[Unit], cutoff: dt.datetime, busy: bool,
-                now: dt.datetime) -> list[Send]:
-    sends: list[Send] = []
-    for unit in units:
-        if unit.state == "done":
-            continue
-        last_touch = unit.heartbeat_at or unit.started_at or job.updated_at
-        orphaned = unit.state == "running" and _older(unit.heartbeat_at, cutoff)
-        waiting = unit.state != "running" and not busy and _older(last_touch, cutoff)
-        if (orphaned or waiting) and _claim_unit(session, unit, now):
-            sends.append((RUN_UNIT, (job.id, unit.index)))
-    return sends
+def _unit_candidates(session: Session, cutoff: dt.datetime, busy: bool) -> list[tuple[Unit, dt.datetime]]:
+    """Unfinished units of active jobs that may need a send, locked (PostgreSQL), with job.updated_at."""
+    stale_beat = or_(Unit.heartbeat_at.is_(None), Unit.heartbeat_at < cutoff)
+    wanted = and_(Unit.state == UnitState.RUNNING, stale_beat)
+    if not busy:
+        wanted = or_(wanted, Unit.state == UnitState.PENDING)
+    query = (
+        select(Unit, Job.updated_at)
+        .join(Job, Job.id == Unit.job_id)
+        .where(Job.state.in_([str(state) for state in JOB_ACTIVE]), wanted)
+        .order_by(Unit.job_id, Unit.index)
+        .with_for_update(skip_locked=True, of=Unit)
+    )
+    return [(unit, updated_at) for unit, updated_at in session.execute(query).all()]
 
 
-def _job_sends(session: Session, job: Job, cutoff: dt.datetime, busy: bool, now: dt.datetime) -> list[Send]:
-    units = session.scalars(select(Unit).where(Unit.job_id == job.id).order_by(Unit.index)).all()
-    if units and not all(unit.state == "done" for unit in units):
-        return _unit_sends(session, job, units, cutoff, busy, now)
-    if busy or not _older(job.updated_at, cutoff) or not _claim_job(session, job, now):
-        return []
-    return [(FINISH_JOB, (job.id,))] if units else [(PLAN_JOB, (job.id,))]
+def _unit_sends(session: Session, cutoff: dt.datetime, busy: bool, now: dt.datetime) -> None:
+    for unit, job_updated_at in _unit_candidates(session, cutoff, busy):
+        seen = (_same(Unit.heartbeat_at, unit.heartbeat_at), Unit.attempts == unit.attempts)
+        if unit.state == UnitState.RUNNING:  # orphaned: its worker stopped beating
+            claimed = guarded_update(
+                session,
+                Unit,
+                unit.id,
+                when={UnitState.RUNNING},
+                to=UnitState.PENDING,
+                where=seen,
+                heartbeat_at=now,
+            )
+        else:  # waiting, and nobody is busy: its message may be lost
+            last_touch = unit.heartbeat_at or unit.started_at or job_updated_at
+            claimed = _older(last_touch, cutoff) and guarded_update(
+                session, Unit, unit.id, when={UnitState.PENDING}, where=seen, heartbeat_at=now
+            )
+        if claimed:
+            enqueue_on_commit(session, RUN_UNIT, unit.job_id, unit.index)
+
+
+def _job_sends(session: Session, cutoff: dt.datetime, now: dt.datetime) -> None:
+    """Plan steps of queued jobs without units; finishing steps of running jobs whose units are all done."""
+    unfinished = exists().where(Unit.job_id == Job.id, Unit.state != UnitState.DONE)
+    has_units = exists().where(Unit.job_id == Job.id)
+    finish_idle = or_(Job.finish_heartbeat_at.is_(None), Job.finish_heartbeat_at < cutoff)
+    query = (
+        select(Job)
+        .where(
+            Job.updated_at < cutoff,
+            or_(
+                and_(Job.state == JobState.QUEUED, ~has_units),
+                and_(Job.state == JobState.RUNNING, has_units, ~unfinished, finish_idle),
+            ),
+        )
+        .with_for_update(skip_locked=True)
+    )
+    for job in session.scalars(query).all():
+        if guarded_update(
+            session, Job, job.id, when={job.state}, where=(Job.updated_at == job.updated_at,), updated_at=now
+        ):
+            enqueue_on_commit(session, PLAN_JOB if job.state == JobState.QUEUED else FINISH_JOB, job.id)
 
 
 def reconcile() -> int:
     """Enqueue what unfinished jobs need; returns how many tasks were sent."""
     now = utcnow()
     cutoff = now - dt.timedelta(seconds=get_settings().stale_after_s)
-    sends: list[Send] = []
     with session_scope() as session:
         busy = _workers_busy(session, cutoff)
-        for job in session.scalars(select(Job).where(Job.state.in_(ACTIVE))).all():
-            sends += _job_sends(session, job, cutoff, busy, now)
-    for name, args in sends:  # after the commit: a task never reads a claim that is not there yet
-        enqueue(name, *args)
-    if sends:
+        _unit_sends(session, cutoff, busy, now)
+        if not busy:
+            _job_sends(session, cutoff, now)
+        sends = pending_tasks(session)
+    if sends:  # sent by the commit above: a task never reads a claim that is not there yet
         log.info("reconcile: re-enqueued %d task(s): %s", len(sends), sends)
     return len(sends)
 

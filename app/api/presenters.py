@@ -23,10 +23,9 @@ def job_url(job_id: str) -> str:
 
 def job_out(session: Session, job: Job) -> JobOut:
     units = job_units(session, job.id)
-    progress = {"units_done": job.units_done, "units_total": job.units_total, **(job.progress or {})}
     return JobOut(
-        id=job.id, kind=job.kind, state=job.state,  # type: ignore[arg-type]
-        progress=Progress.model_validate(progress),
+        id=job.id, kind=job.kind, state=job.state,
+        progress=Progress.model_validate(job.progress_document()),
         timings=job_timings(job, units),
         error=job.error,
         summary=job.summary,

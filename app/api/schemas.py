@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+from app.lifecycle import JobState
 
 
 class DatasetOut(BaseModel):

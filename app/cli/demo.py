@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from app.lifecycle import JOB_TERMINAL, JobState
+
 DEMO_EPOCHS = 30
 POLL_S = 2.0
 PRINT_EVERY_S = 15.0
@@ -69,7 +71,7 @@ def _poll(client: httpx.Client, job_url: str) -> dict[str, Any]:
                   f"  epoch {progress.get('epoch') or '-'}/{progress.get('epochs') or '-'}"
                   + ("  (provisional scores available)" if job["scores"]["provisional"] else ""), flush=True)
             last_key, last_print = key, time.monotonic()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
+        if job["state"] in JOB_TERMINAL:
             return job
         time.sleep(POLL_S)
     raise RuntimeError(f"the job did not finish within {JOB_TIMEOUT_S:.0f}s")
@@ -122,7 +124,7 @@ def run_demo(epochs: int | None, top: int) -> int:
             print(f"job {created['id']}: auditing digits (1797 images), K=5 folds x L=2 repetitions, "
                   f"{body['training']['epochs']} epochs")
             job = _poll(client, created["url"])
-            if job["state"] != "succeeded":
+            if job["state"] != JobState.SUCCEEDED:
                 print(f"job {job['state']}: {job.get('error')}", file=sys.stderr)
                 return 1
             _print_top(client, job, top)

@@ -1,7 +1,8 @@
 """Jobs: creation (validated, idempotent), reading, listing and cooperative cancel.
 
-A job row and its spec are committed before anything is enqueued, so a worker never sees an id
-that does not exist yet. Units are planned by the worker (they are sized by its device).
+The plan task is registered on the session that inserts the job row and sent only once that commits
+(app.tasks.enqueue_on_commit), so a worker never sees an id that does not exist yet, and a refused
+or rolled-back creation sends nothing. Units are planned by the worker (they are sized by its device).
 """
 
 from __future__ import annotations
@@ -16,17 +17,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import Job, Unit, utcnow
+from app.lifecycle import JOB_ACTIVE, JOB_TERMINAL, JobState
 from app.ratelimit import check_job_rate
 from app.services.dataset_facts import check_likelihood, dataset_facts
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.gan_specs import GAN_KINDS, reject_gan_sections, validate_gan_job
 from app.services.specs import JobCreate, request_hash
+from app.services.transitions import request_cancel
 from app.settings import Settings
-from app.webhooks import notify_on_commit
+from app.tasks import PLAN_JOB, enqueue_on_commit
 from models.config import AuditConfig, ModelConfig, TrainConfig
-
-ACTIVE_STATES = ("queued", "running", "cancelling")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,12 @@ def create_job(session: Session, settings: Settings, owner: str, request: JobCre
     facts = _validate(request, canonical, session, settings, owner)
     train_facts = facts["train"]
     job = Job(
-        id=str(uuid.uuid4()), owner=owner, kind=request.kind, state="queued",
+        id=str(uuid.uuid4()), owner=owner, kind=request.kind, state=JobState.QUEUED,
         spec={**canonical, "facts": facts}, idempotency_key=idempotency_key, request_hash=digest,
-        n_samples=train_facts["count"], image_shape=train_facts["image_shape"],
-        progress={"units_done": 0, "units_total": 0},
+        n_samples=train_facts["count"], image_shape=train_facts["image_shape"], progress={},
     )
     session.add(job)
+    enqueue_on_commit(session, PLAN_JOB, job.id)
     try:
         session.commit()
     except IntegrityError:
@@ -113,7 +113,7 @@ def get_job(session: Session, owner: str, job_id: str) -> Job:
     return job
 
 
-def list_jobs(session: Session, owner: str, limit: int, offset: int, state: str | None) -> list[Job]:
+def list_jobs(session: Session, owner: str, limit: int, offset: int, state: JobState | None) -> list[Job]:
     query = select(Job).where(Job.owner == owner)
     if state is not None:
         query = query.where(Job.state == state)
@@ -122,17 +122,18 @@ def list_jobs(session: Session, owner: str, limit: int, offset: int, state: str 
 
 
 def cancel_job(session: Session, owner: str, job_id: str) -> Job:
-    """Queued -> cancelled at once; running -> cancelling (the worker stops between epochs)."""
+    """Queued -> cancelled at once; running -> cancelling (the worker stops between epochs).
+
+    Cancelling a job that is cancelling already is a no-op; a finished job is a 409. The decision is
+    the guarded UPDATE's, not this request's earlier read, so a job that succeeded meanwhile stays
+    succeeded.
+    """
     job = get_job(session, owner, job_id)
-    if job.state in TERMINAL_STATES:
-        raise Conflict("state", f"the job already {job.state}")
-    now, previous = utcnow(), job.state
-    job.state = "cancelled" if job.state == "queued" else "cancelling"
-    if job.state == "cancelled":
-        job.finished_at = now
-    job.updated_at = now
-    notify_on_commit(session, job.id, previous)
+    moved = request_cancel(session, job.id)
     session.commit()
+    session.refresh(job)
+    if moved is None and job.state in JOB_TERMINAL:
+        raise Conflict("state", f"the job already {job.state}")
     return job
 
 
@@ -152,7 +153,7 @@ def aware(moment: dt.datetime) -> dt.datetime:
 
 
 def job_timings(job: Job, units: list[Unit]) -> dict[str, Any]:
-    end = job.finished_at or (utcnow() if job.state in ACTIVE_STATES else None)
+    end = job.finished_at or (utcnow() if job.state in JOB_ACTIVE else None)
     unit_seconds = [unit.seconds for unit in units if unit.seconds is not None]
     return {
         "created_at": aware(job.created_at).isoformat(),

@@ -2,7 +2,8 @@
 
 A write replaces the job's whole score set in one transaction, so readers see either the old set
 or the new one. Writers are serialised per job by first touching the job row (a row lock on
-PostgreSQL, the write lock on SQLite); a write based on fewer units than the stored set is dropped,
+PostgreSQL, the write lock on SQLite) with a guarded UPDATE that only applies while the job is active:
+a finished job's scores never change. A write based on fewer units than the stored set is dropped,
 so a late provisional write can never overwrite a newer or final one.
 """
 
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.db import Job, SampleScore, is_postgres, utcnow
 from app.faults import fault_point
+from app.lifecycle import JOB_ACTIVE, guarded_update
 from app.services.pg_copy import binary_copy_chunks
 
 COLUMNS = ("job_id", "sample_id", "score", "log_p_in", "log_p_out", "n_in", "n_out", "rank")
@@ -77,18 +79,23 @@ def _insert_rows(session: Session, rows: list[tuple[object, ...]]) -> None:
     session.execute(insert(SampleScore), [dict(zip(INSERT_COLUMNS, row, strict=True)) for row in rows])
 
 
-def write_scores(session: Session, job_id: str, arrays: ScoreArrays, units: int, provisional: bool) -> bool:
-    """Replace the job's scores with ``arrays`` (based on ``units`` finished units). Commits.
+def write_scores(session: Session, job_id: str, arrays: ScoreArrays, units: int, provisional: bool,
+                 *, commit: bool = True) -> bool:
+    """Replace the job's scores with ``arrays`` (based on ``units`` finished units). Commits, unless
+    ``commit=False`` (the finishing step commits the final set together with the job's success).
 
-    Returns False (writing nothing) when the stored set is already based on at least as many units.
+    Returns False (writing nothing) when the job is no longer active or the stored set is already based
+    on at least as many units.
     """
-    session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow()))  # lock first
+    if not guarded_update(session, Job, job_id, when=JOB_ACTIVE, updated_at=utcnow()):  # lock first
+        _end(session, commit)
+        return False
     stored_units, stored_provisional = session.execute(
         select(Job.scores_units, Job.scores_provisional).where(Job.id == job_id)
     ).one()
     has_final = stored_units > 0 and not stored_provisional
     if has_final or (provisional and stored_units >= units):
-        session.rollback()
+        _end(session, commit)
         return False
     session.execute(delete(SampleScore).where(SampleScore.job_id == job_id))
     if is_postgres(session) and not arrays.has_gan_columns:  # the binary COPY carries the VAE columns only
@@ -99,5 +106,11 @@ def write_scores(session: Session, job_id: str, arrays: ScoreArrays, units: int,
         update(Job).where(Job.id == job_id).values(scores_units=units, scores_provisional=provisional)
     )
     fault_point("score_write_provisional" if provisional else "score_write_final")
-    session.commit()
+    if commit:
+        session.commit()
     return True
+
+
+def _end(session: Session, commit: bool) -> None:
+    if commit:
+        session.rollback()  # release the row lock; nothing was written

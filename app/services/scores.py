@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.db import Job, SampleScore, is_postgres
+from app.lifecycle import JobState
 from app.services.datasets import load_dataset_spec
 from app.services.errors import Invalid, NotFound
 from app.services.jobs import get_job
@@ -29,7 +30,7 @@ Cursor = tuple[float | None, int]
 
 
 def latest_scored_job(session: Session, owner: str) -> Job:
-    query = (select(Job).where(Job.owner == owner, Job.state == "succeeded")
+    query = (select(Job).where(Job.owner == owner, Job.state == JobState.SUCCEEDED)
              .order_by(Job.finished_at.desc(), Job.id).limit(1))
     job = session.scalar(query)
     if job is None:

@@ -31,10 +31,14 @@ class EmbeddedApp:
 
 
 def _seed_job_factory() -> SeedJob:
+    from sqlalchemy import update
+
     from app.db import Job, session_scope
+    from app.lifecycle import JobState
     from app.services.score_writer import ScoreArrays, write_scores
 
-    def seed(n: int, *, owner: str = "alice", state: str = "succeeded", dataset: dict[str, str] | None = None,
+    def seed(n: int, *, owner: str = "alice", state: JobState = JobState.SUCCEEDED,
+             dataset: dict[str, str] | None = None,
              heldout: dict[str, str] | None = None, summary: dict[str, object] | None = None,
              seed: int = 0) -> str:
         rng = np.random.default_rng(seed)
@@ -42,7 +46,7 @@ def _seed_job_factory() -> SeedJob:
         spec = {"kind": "vae_audit", "dataset": dataset or {"builtin": "digits"}, "heldout": heldout,
                 "audit": {"folds": 3, "repeats": 1}}
         with session_scope() as session:
-            session.add(Job(id=job_id, owner=owner, kind="vae_audit", state=state, spec=spec,
+            session.add(Job(id=job_id, owner=owner, kind="vae_audit", state=JobState.RUNNING, spec=spec,
                             request_hash=uuid.uuid4().hex, n_samples=n, image_shape=[1, 8, 8],
                             units_total=3, units_done=3, progress={}, summary=summary))
         score = rng.gamma(2.0, 0.5, size=n)
@@ -50,7 +54,8 @@ def _seed_job_factory() -> SeedJob:
         arrays = ScoreArrays(score=score, log_p_in=-30.0 + score, log_p_out=np.full(n, -30.0),
                              n_in=np.full(n, 2), n_out=np.full(n, 1))
         with session_scope() as session:
-            assert write_scores(session, job_id, arrays, units=3, provisional=False)
+            assert write_scores(session, job_id, arrays, units=3, provisional=False)  # while running
+            session.execute(update(Job).where(Job.id == job_id).values(state=state))  # a seeded fact
         return job_id
 
     return seed

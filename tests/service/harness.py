@@ -44,7 +44,7 @@ class Stack:
 
 def _reset_cached_settings() -> None:
     from app.settings import get_settings
-    from workers.celery_app import get_celery
+    from app.tasks import get_celery
 
     get_settings.cache_clear()
     get_celery.cache_clear()

@@ -11,14 +11,13 @@ from sqlalchemy import text
 from app import __version__
 from app.api.deps import SessionDep
 from app.api.schemas import Health
+from app.tasks import get_celery
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
 
 
 def _broker_reachable() -> bool:
-    from workers.celery_app import get_celery
-
     try:
         with get_celery().connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)

@@ -9,22 +9,13 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.presenters import job_out, job_url
-from app.api.schemas import JobList, JobOut, JobState
+from app.api.schemas import JobList, JobOut
+from app.lifecycle import JobState
 from app.services import jobs as service
 from app.services.specs import JobCreate
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
-
-
-def _enqueue_plan(job_id: str) -> None:
-    from workers.celery_app import PLAN_JOB, enqueue
-
-    try:
-        enqueue(PLAN_JOB, job_id)
-    except Exception:  # the job row is committed: a worker's reconcile() picks it up later
-        log.exception("could not enqueue job %s; it stays queued until a worker reconciles", job_id)
-
 
 CREATE_RESPONSES: dict[int | str, dict[str, object]] = {
     400: {"description": "body is not parseable (e.g. not UTF-8 JSON)"},
@@ -42,10 +33,9 @@ def create_job(
     body: JobCreate, session: SessionDep, settings: SettingsDep, owner: OwnerDep, response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> JobOut:
-    created = service.create_job(session, settings, owner, body, idempotency_key)
+    created = service.create_job(session, settings, owner, body, idempotency_key)  # enqueues on commit
     if created.created:
         log.info("job %s created by owner %s", created.job.id, owner)
-        _enqueue_plan(created.job.id)  # only now: the row is committed
     else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = job_url(created.job.id)
