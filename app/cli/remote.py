@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from memaudit_client import MemauditClient, MemauditError, WaitTimeout
+from memaudit_client import JobState, MemauditClient, MemauditError, WaitTimeout
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 Handler = Callable[[MemauditClient, argparse.Namespace], int]
@@ -236,7 +236,7 @@ def _watch(client: MemauditClient, job_id: str, timeout: float) -> dict[str, Any
 
 def _wait_for(client: MemauditClient, job_id: str, timeout: float) -> int:
     job = _watch(client, job_id, timeout)
-    if job["state"] == "succeeded":
+    if job["state"] == JobState.SUCCEEDED:
         print(describe(job))
         return EXIT_OK
     return _fail(f"job {describe(job)}")

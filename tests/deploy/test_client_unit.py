@@ -11,7 +11,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from memaudit_client import MemauditClient, MemauditError, WaitTimeout
+from memaudit_client import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    JobState,
+    MemauditClient,
+    MemauditError,
+    WaitTimeout,
+)
+
+from app import lifecycle
 
 
 def _client(handler: httpx.MockTransport) -> MemauditClient:
@@ -85,3 +94,13 @@ def test_failed_download_leaves_no_file(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     with _client(httpx.MockTransport(handler)) as client, pytest.raises(ValueError):
         client.export_scores("j", tmp_path / "s.xlsx", fmt="xlsx")
+
+
+def test_the_client_job_states_are_the_servers() -> None:
+    """The client keeps its own copy (it cannot import the server): names, values and sets must match."""
+    assert [(state.name, state.value) for state in JobState] == [
+        (state.name, state.value) for state in lifecycle.JobState
+    ]
+    assert {str(state) for state in TERMINAL_STATES} == {str(state) for state in lifecycle.JOB_TERMINAL}
+    assert {str(state) for state in ACTIVE_STATES} == {str(state) for state in lifecycle.JOB_ACTIVE}
+    assert "succeeded" in TERMINAL_STATES and str(JobState.SUCCEEDED) == "succeeded"

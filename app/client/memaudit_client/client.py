@@ -12,9 +12,9 @@ from typing import Any, BinaryIO
 import httpx
 
 from memaudit_client.errors import MemauditError, WaitTimeout, raise_for_status
+from memaudit_client.states import TERMINAL_STATES
 
 JsonObject = dict[str, Any]
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 EXPORT_FORMATS = ("csv", "parquet")
 # Worth retrying while waiting: the API restarting behind a proxy, or a brief overload.
 _TRANSIENT_STATUS = frozenset({502, 503, 504})
