@@ -29,7 +29,7 @@ def run_workers(device: str) -> int:
     children = []
     for index in range(gpus):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(index), "MEMAUDIT_WORKER_DEVICE": "cuda"}
-        children.append(subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env))
+        children.append(subprocess.Popen([sys.executable, "-m", "workers"], env=env))
     log.info("started %d GPU workers", gpus)
 
     def _forward(signum: int, _frame: object) -> None:

@@ -88,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
     host, port = _bind_host(args.host or settings.host), args.port or settings.port
     worker = None
     if settings.embedded_worker and not args.no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "app", "worker"])
+        worker = subprocess.Popen(worker_command(None))
         log.info("embedded worker started (pid %d)", worker.pid)
     # uvicorn re-raises SIGTERM after its graceful shutdown; exit through `finally` (and stop the
     # embedded worker) instead of dying by the default handler and orphaning the worker.
@@ -102,14 +102,16 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker(args: argparse.Namespace) -> int:
-    from workers.launch import run_workers
+def worker_command(device: str | None) -> list[str]:
+    """The worker runs as its own program (`python -m workers`): app starts it, never imports it."""
+    return [sys.executable, "-m", "workers", *(["--device", device] if device else [])]
 
-    _logging()
-    if args.device:
-        os.environ["MEMAUDIT_WORKER_DEVICE"] = args.device
-        get_settings.cache_clear()
-    return run_workers(get_settings().worker_device)
+
+def _worker(args: argparse.Namespace) -> int:
+    command = worker_command(args.device)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)  # the same process becomes the worker: signals reach it directly
 
 
 def _demo(args: argparse.Namespace) -> int:
