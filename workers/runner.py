@@ -11,10 +11,8 @@ harmless.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from sqlalchemy.orm import Session
 from app.db import Job, Unit, session_scope, utcnow
 from app.faults import fault_point
 from app.lifecycle import JOB_TERMINAL, JobState, UnitState, guarded_update
-from app.services.datasets import load_dataset_spec
+from app.services.data_identity import ImageSetCache, load_recorded
 from app.services.errors import ServiceError
 from app.services.score_writer import write_scores
 from app.services.specs import JobConfigs, build_configs
@@ -52,7 +50,10 @@ from workers.results import (
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
-_DATA_CACHE: OrderedDict[str, ImageSet] = OrderedDict()
+# Image sets by content identity (app.services.data_identity), shared by the units of a job and by
+# jobs on the same content; a file replaced under the data root is a new key.
+_DATA_CACHE = ImageSetCache(capacity=4)
+FACTS_OF = {"dataset": "train", "heldout": "heldout", "generated": "generated"}
 
 
 def worker_device() -> torch.device:
@@ -60,13 +61,9 @@ def worker_device() -> torch.device:
 
 
 def _images(session: Session, job: Job, key: str) -> ImageSet:
-    """The job's training or held-out images, cached per process (units of a job share them)."""
-    cache_key = json.dumps([job.owner, job.spec[key]], sort_keys=True)
-    if cache_key not in _DATA_CACHE:
-        _DATA_CACHE[cache_key] = load_dataset_spec(job.spec[key], session, get_settings(), job.owner, key)
-        while len(_DATA_CACHE) > 4:
-            _DATA_CACHE.popitem(last=False)
-    return _DATA_CACHE[cache_key]
+    """The job's training / held-out / generated images: the content the job was validated for."""
+    recorded = job.spec.get("facts", {}).get(FACTS_OF[key], {})
+    return load_recorded(job.spec[key], recorded, session, get_settings(), job.owner, key, _DATA_CACHE)
 
 
 def _units(session: Session, job_id: str) -> list[Unit]:

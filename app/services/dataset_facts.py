@@ -5,19 +5,22 @@ Uploaded datasets (``{"id"}``) are described by their `datasets` row, written wh
 validated: POST /jobs never reads an uploaded file (except once for a float upload recorded before
 revision 0002, whose 8-bit flag is then written back). Built-ins are loaded once per process and
 their facts cached; ``{"path"}`` files are loaded, as the file may change between requests.
-Workers still load the arrays themselves (they need the pixels).
+Workers still load the arrays themselves (they need the pixels). The facts carry the dataset's content
+identity (app.services.data_identity), which workers check before they train.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.db import Dataset
-from app.services.datasets import get_dataset, load_dataset_spec, read_array_file
+from app.services.data_identity import dataset_identity, load_identified
+from app.services.datasets import get_dataset, read_array_file
 from app.services.errors import Invalid
 from app.settings import Settings
 from models.builtin_datasets import BUILTIN_NAMES, is_builtin, load_builtin
@@ -34,6 +37,8 @@ class DatasetFacts:
     max: float
     source_kind: SourceKind
     is_8bit: bool
+    # app.services.data_identity: which content the facts describe (not part of what they say about it)
+    identity: str | None = dataclasses.field(default=None, compare=False)
 
     @classmethod
     def of_images(cls, images: ImageSet) -> DatasetFacts:
@@ -42,9 +47,9 @@ class DatasetFacts:
                    is_8bit=images.is_8bit)  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
-        """The JSON stored in a job's spec["facts"] (the same keys as before facts existed)."""
+        """The JSON stored in a job's spec["facts"] (the keys from before facts existed, plus identity)."""
         return {"count": self.count, "image_shape": list(self.image_shape), "min": self.min, "max": self.max,
-                "source_kind": self.source_kind}  # fmt: skip
+                "source_kind": self.source_kind, "identity": self.identity}  # fmt: skip
 
 
 def dataset_facts(
@@ -53,10 +58,12 @@ def dataset_facts(
     """Facts of {"id"} | {"builtin"} | {"path"}; raises Invalid/NotFound naming the field."""
     if "id" in spec:
         row = get_dataset(session, owner, spec["id"], field=f"{field}.id")
-        return _row_facts(row, settings, f"{field}.id")
+        return replace(_row_facts(row, settings, f"{field}.id"), identity=f"upload:{row.sha256}")
     if "builtin" in spec:
-        return _builtin_facts_for(spec["builtin"], f"{field}.builtin")
-    return DatasetFacts.of_images(load_dataset_spec(spec, session, settings, owner, field))
+        facts = _builtin_facts_for(spec["builtin"], f"{field}.builtin")
+        return replace(facts, identity=dataset_identity(spec, session, settings, owner, field))
+    images, identity = load_identified(spec, session, settings, owner, field)
+    return replace(DatasetFacts.of_images(images), identity=identity)
 
 
 def check_likelihood(facts: DatasetFacts, likelihood: str, field: str) -> None:

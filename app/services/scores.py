@@ -11,7 +11,6 @@ import base64
 import binascii
 import io
 import json
-from collections import OrderedDict
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, and_, or_, select
@@ -19,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.db import Job, SampleScore, is_postgres
 from app.lifecycle import JobState
-from app.services.datasets import load_dataset_spec
+from app.services.data_identity import ImageSetCache, load_recorded
 from app.services.errors import Invalid, NotFound
 from app.services.jobs import get_job
 from app.settings import Settings
@@ -123,21 +122,20 @@ def sample_score(session: Session, job_id: str, sample_id: int) -> SampleScore:
     return row
 
 
-# Rendering a sample needs its dataset; keep the last few loaded (an upload is read from disk).
-_IMAGE_CACHE: OrderedDict[tuple[str, str], ImageSet] = OrderedDict()
-_IMAGE_CACHE_SIZE = 4
+# Rendering a sample needs its dataset; keep the last few loaded (an upload is read from disk), keyed
+# by content identity (a replaced data-root file is a new entry) and shared by the API's threads.
+_IMAGE_CACHE = ImageSetCache(capacity=4)
 
 
 def _images_for(job: Job, session: Session, settings: Settings) -> ImageSet:
-    key = (job.owner, json.dumps(job.spec["dataset"], sort_keys=True))
-    if key in _IMAGE_CACHE:
-        _IMAGE_CACHE.move_to_end(key)
-        return _IMAGE_CACHE[key]
-    images = load_dataset_spec(job.spec["dataset"], session, settings, job.owner, "dataset")
-    _IMAGE_CACHE[key] = images
-    while len(_IMAGE_CACHE) > _IMAGE_CACHE_SIZE:
-        _IMAGE_CACHE.popitem(last=False)
-    return images
+    """The job's training images, only if they are still the content the job was scored on."""
+    recorded = job.spec.get("facts", {}).get("train", {})
+    try:
+        return load_recorded(job.spec["dataset"], recorded, session, settings, job.owner, "dataset",
+                             _IMAGE_CACHE)  # fmt: skip
+    except Invalid as error:  # the file changed since: its images are not this job's samples any more
+        message = f"the images of job {job.id} are no longer available: {error.message}"
+        raise NotFound("sample_id", message) from None
 
 
 def sample_png(session: Session, settings: Settings, owner: str, job_id: str, sample_id: int) -> bytes:
