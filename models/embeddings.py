@@ -175,6 +175,34 @@ def build_embedder(cfg: EmbeddingConfig, train_images: torch.Tensor) -> Embedder
     return embedder
 
 
+def embedder_state(embedder: Embedder) -> dict[str, torch.Tensor]:
+    """The trained tensors of an embedder, on the CPU (what :func:`restore_embedder` needs): the
+    autoencoder's encoder weights and feature offset; nothing for pixels or a TorchScript file."""
+    if isinstance(embedder, _TorchScriptEmbedder) or not isinstance(embedder, ModuleEmbedder):
+        return {}
+    state = {f"encoder.{key}": value.detach().cpu() for key, value in embedder.module.state_dict().items()}
+    if embedder.offset is not None:
+        state["offset"] = embedder.offset.detach().cpu()
+    return state
+
+
+def restore_embedder(
+    cfg: EmbeddingConfig, state: dict[str, torch.Tensor], train_images: torch.Tensor
+) -> Embedder:
+    """The embedder ``build_embedder(cfg, train_images)`` made, rebuilt from ``embedder_state`` without
+    training anything; on the device of ``train_images`` (N, C, H, W)."""
+    if cfg.kind != "autoencoder":
+        return build_embedder(cfg, train_images)  # pixels / TorchScript: nothing was trained
+    input_dim = int(train_images[0].numel())
+    encoder = _MlpAutoencoder(input_dim, cfg.hidden_dim, cfg.latent_dim).encoder
+    prefix = "encoder."
+    weights = {key.removeprefix(prefix): tensor for key, tensor in state.items() if key.startswith(prefix)}
+    encoder.load_state_dict(weights)  # raises on a state of another shape
+    device = train_images.device
+    offset = state["offset"].to(device) if "offset" in state else None
+    return ModuleEmbedder(encoder.to(device), flatten_input=True, offset=offset)
+
+
 class _TorchScriptEmbedder(ModuleEmbedder):
     """A user's extractor: its raw output must already be (batch, F); anything else is reported."""
 

@@ -1,7 +1,9 @@
 """The GAN job kinds in the worker: what a unit computes, its artifact, and the finishing step.
 
-`mrgan`: unit i trains the MR-GAN of the i-th tau (explicit taus first, then tau quantiles resolved from the
-held-out set inside the unit) and evaluates it; `copy_test`: one unit. workers.runner orchestrates (claiming,
+`mrgan`: the plan step embeds the training and held-out sets once and stores that feature space as the
+job's artifact `embedding.pt` (tensors and primitives only); unit i restores it (nothing is retrained),
+trains the MR-GAN of the i-th tau (explicit taus first, then tau quantiles of the held-out distances)
+and evaluates it; `copy_test`: one unit. workers.runner orchestrates (claiming,
 heartbeats, cancel, retries) exactly as for VAE audits; this module only knows the science calls.
 Artifacts are .npz without pickle (JSON summaries as 0-d unicode arrays; per-sample arrays; the generated
 images as uint8 (m, C, H, W) under `generated`, for reports) plus the generator checkpoint
@@ -17,6 +19,7 @@ artifact.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,16 +34,23 @@ from app.services.score_writer import ScoreArrays
 from app.settings import get_settings
 from models.copying import CopyCounts
 from models.gan import (
+    FeatureSpace,
     MrganProgress,
     build_feature_space,
+    feature_space_state,
     generate_from_torchscript,
     resolve_taus,
+    restore_feature_space,
     run_copy_test,
     run_tau_unit,
 )
 from models.imageset import ImageSet
+from workers.results import temp_sibling
 
-__all__ = ["GAN_KINDS", "GanInputs", "compute_unit", "finish", "plan_units", "unit_steps", "write_unit"]
+__all__ = ["GAN_KINDS", "GanInputs", "compute_unit", "finish", "plan_units", "shared_feature_space",
+           "unit_steps", "write_unit"]
+log = logging.getLogger(__name__)
+EMBEDDING_FILE = "embedding.pt"
 
 
 @dataclass(frozen=True)
@@ -88,22 +98,47 @@ def _uint8(images: torch.Tensor) -> np.ndarray:
     return (images.detach().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
 
 
+def shared_feature_space(job_dir: Path, job_spec: dict[str, Any], inputs: GanInputs,
+                         device: torch.device) -> FeatureSpace:  # fmt: skip
+    """The mrgan job's feature space: restored from ``job_dir/embedding.pt``, or computed and stored
+    there (atomically) when it is missing or was made for another embedding. Deterministic on one
+    device, so two runs that both compute it store the same thing."""
+    configs = mrgan_configs(job_spec, inputs.train.image_shape, inputs.heldout.count, get_settings())
+    train, heldout = _tensor(inputs.train, device), _tensor(inputs.heldout, device)
+    path = job_dir / EMBEDDING_FILE
+    if path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return restore_feature_space(state, train, heldout, configs.embedding)
+        except (ValueError, KeyError, RuntimeError, OSError) as error:
+            log.warning("%s cannot be used (%s); computing the feature space again", path, error)
+    space = build_feature_space(train, heldout, configs.embedding)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    temp = temp_sibling(path)
+    try:
+        torch.save(feature_space_state(space, configs.embedding), temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return space
+
+
 def compute_unit(
     kind: str, job_spec: dict[str, Any], index: int, inputs: GanInputs, device: torch.device,
-    progress: Callable[[Any], None], should_stop: Callable[[], bool],
+    progress: Callable[[Any], None], should_stop: Callable[[], bool], job_dir: Path,
 ) -> GanUnitResult:  # fmt: skip
     if kind == "mrgan":
-        return _mrgan_unit(job_spec, index, inputs, device, progress, should_stop)
+        return _mrgan_unit(job_spec, index, inputs, device, progress, should_stop, job_dir)
     return _copy_test_unit(job_spec, inputs, device)
 
 
 def _mrgan_unit(
     job_spec: dict[str, Any], index: int, inputs: GanInputs, device: torch.device,
-    progress: Callable[[Any], None], should_stop: Callable[[], bool],
+    progress: Callable[[Any], None], should_stop: Callable[[], bool], job_dir: Path,
 ) -> GanUnitResult:  # fmt: skip
     configs = mrgan_configs(job_spec, inputs.train.image_shape, inputs.heldout.count, get_settings())
     train = _tensor(inputs.train, device)
-    space = build_feature_space(train, _tensor(inputs.heldout, device), configs.embedding)
+    space = shared_feature_space(job_dir, job_spec, inputs, device)
     tau = resolve_taus(space, configs.sweep)[index]
 
     def report(event: MrganProgress) -> None:
@@ -149,18 +184,19 @@ def _copy_test_unit(job_spec: dict[str, Any], inputs: GanInputs, device: torch.d
 def write_unit(path: Path, result: GanUnitResult) -> None:
     """Atomic like the VAE artifacts: write to a temp name, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    checkpoint = path.with_name(f"{path.stem}.generator.pt")
+    temp, checkpoint_temp = temp_sibling(path), temp_sibling(checkpoint)
     try:
         if result.checkpoint is not None:
-            checkpoint = path.with_name(f"{path.stem}.generator.pt")
-            torch.save(result.checkpoint, checkpoint.with_suffix(".tmp"))
-            os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
+            torch.save(result.checkpoint, checkpoint_temp)
+            os.replace(checkpoint_temp, checkpoint)
         summary = np.array(json.dumps(result.summary, allow_nan=True))  # 0-d unicode: no pickle needed
         contents: dict[str, Any] = {"summary_json": summary, **result.arrays}
         np.savez(temp, **contents)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+        checkpoint_temp.unlink(missing_ok=True)
 
 
 def _load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -1,9 +1,9 @@
 """What the Celery tasks do, as plain functions of ids (tests and the CLI can call them directly).
 
-plan_job: the worker sizes the units for its device and records them (once). run_unit: claims one unit,
-trains it, saves its artifact atomically, marks it done, publishes provisional scores. finish_job: claims
-the finishing step, combines every unit into the final scores and summary, and moves the job to
-succeeded in the same transaction. Every step
+plan_job: the worker sizes the units for its device and records them (once; for MR-GAN it also computes
+the job's shared feature space). run_unit: claims one unit, trains it, saves its artifact atomically,
+marks it done, publishes provisional scores. finish_job: claims the finishing step, combines every unit
+into the final scores and summary, and moves the job to succeeded in the same transaction. Every step
 re-reads the DB first, every write is guarded by the run's claim (workers.claims), and every task it
 enqueues is sent only after its transaction commits, which makes redelivered or duplicated tasks
 harmless.
@@ -30,7 +30,7 @@ from app.services.data_identity import ImageSetCache, load_recorded
 from app.services.errors import ServiceError
 from app.services.score_writer import write_scores
 from app.services.specs import JobConfigs, build_configs
-from app.services.transitions import cancel_job
+from app.services.transitions import cancel_job, fail_job
 from app.settings import get_settings
 from app.tasks import FINISH_JOB, RUN_UNIT, enqueue_on_commit
 from models.audit import Cancelled, plan_units, resolve_device, train_unit
@@ -90,6 +90,8 @@ def _create_units(session: Session, job: Job) -> list[Unit]:
     device = worker_device()
     if job.kind in gan_runner.GAN_KINDS:
         plan = gan_runner.plan_units(job.spec, job.kind)
+        if job.kind == "mrgan" and not _prepare_mrgan(session, job, device):
+            return []
     else:
         configs = build_configs(job.spec, str(device))
         channels, height, width = (int(side) for side in job.image_shape)
@@ -112,6 +114,20 @@ def _create_units(session: Session, job: Job) -> list[Unit]:
     except IntegrityError:
         session.rollback()  # a twin plan_job inserted them first; theirs are identical
     return _units(session, job.id)
+
+
+def _prepare_mrgan(session: Session, job: Job, device: torch.device) -> bool:
+    """The tau units share one feature space: compute it once, here, and store it with the artifacts.
+    False when the job failed instead (a dataset that cannot be loaded)."""
+    try:
+        inputs = _gan_inputs(session, job)
+    except ServiceError as error:
+        fail_job(session, job.id, f"{error.field}: {error.message}")
+        return False
+    session.commit()  # no transaction stays open while the embedding is computed
+    job_dir = artifact_path(get_settings().resolved_artifacts_dir, job.id, 0).parent
+    gan_runner.shared_feature_space(job_dir, job.spec, inputs, device)
+    return True
 
 
 class UnitMonitor:
@@ -216,10 +232,18 @@ def _train_and_record(
 
 def _run_gan_unit(job: Job, unit: Unit, claim: UnitClaim, inputs: gan_runner.GanInputs) -> None:
     monitor = UnitMonitor(claim, job.units_total, gan_runner.unit_steps(job.spec, job.kind))
+    job_dir = artifact_path(get_settings().resolved_artifacts_dir, job.id, unit.index).parent
 
     def work() -> Any:
         return gan_runner.compute_unit(
-            job.kind, job.spec, unit.index, inputs, worker_device(), monitor.progress, monitor.should_stop
+            job.kind,
+            job.spec,
+            unit.index,
+            inputs,
+            worker_device(),
+            monitor.progress,
+            monitor.should_stop,
+            job_dir,
         )
 
     _run_and_record(job, claim, monitor, work, gan_runner.write_unit)

@@ -2,7 +2,8 @@
 
 What the workers and the CLI need:
 - ``GanConfig``, ``MrganConfig``, ``SweepConfig`` (frozen, validated; ``config_to_dict``/``_from_dict``).
-- ``build_feature_space(train, heldout, embedding) -> FeatureSpace`` (embed once), ``resolve_taus``.
+- ``build_feature_space(train, heldout, embedding) -> FeatureSpace`` (embed once), ``resolve_taus``;
+  ``feature_space_state`` / ``restore_feature_space`` store it and rebuild it elsewhere without retraining.
 - ``run_tau_unit(train, space, tau, gan, train_cfg, sweep, progress=, should_stop=) -> TauResult`` — one unit.
 - ``run_sweep(...)`` — every tau in-process.
 - ``run_copy_test(train, test, generated, embedding=, copy=) -> CopyTestReport`` and
@@ -23,7 +24,9 @@ from models.gan.sweep import (
     FeatureSpace,
     TauResult,
     build_feature_space,
+    feature_space_state,
     resolve_taus,
+    restore_feature_space,
     run_sweep,
     run_tau_unit,
 )
@@ -43,8 +46,10 @@ __all__ = [
     "build_feature_space",
     "config_from_dict",
     "config_to_dict",
+    "feature_space_state",
     "generate_from_torchscript",
     "resolve_taus",
+    "restore_feature_space",
     "run_copy_test",
     "run_sweep",
     "run_tau_unit",

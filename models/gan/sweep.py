@@ -1,13 +1,14 @@
 """A tau sweep of MR-GAN runs (SPEC §5), one independent unit per tau.
 
-``build_feature_space`` embeds the training and held-out sets once (the service may rebuild it per unit:
-every embedder is seeded, so the features are the same). ``run_tau_unit`` trains one GAN and evaluates it:
-rejection rate over training, C_T against the held-out set, Fréchet distance in the same feature space,
-per-generated-sample nearest-training distances (cosine, the rejection distance) and per-training-sample
-copy counts. Copy threshold rule: a generated sample copies its nearest training sample when its cosine
-distance is at most the ``copy_quantile`` quantile (default 0.05) of the held-out -> training distances,
-i.e. it is closer than 95% of fresh images are to their nearest training image. The threshold does not
-depend on tau, so counts are comparable across the sweep.
+``build_feature_space`` embeds the training and held-out sets once; ``feature_space_state`` and
+``restore_feature_space`` carry it between processes (the service computes it once per job, stores it as
+an artifact and every tau unit restores it instead of retraining the embedder). ``run_tau_unit`` trains
+one GAN and evaluates it: rejection rate over training, C_T against the held-out set, Fréchet distance in
+the same feature space, per-generated-sample nearest-training distances (cosine, the rejection distance)
+and per-training-sample copy counts. Copy threshold rule: a generated sample copies its nearest training
+sample when its cosine distance is at most the ``copy_quantile`` quantile (default 0.05) of the held-out
+-> training distances, i.e. it is closer than 95% of fresh images are to their nearest training image. The
+threshold does not depend on tau, so counts are comparable across the sweep.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from models.copying import (
     data_copying_test,
     resolve_cells,
 )
-from models.embeddings import Embedder, EmbeddingConfig, build_embedder
+from models.embeddings import (
+    Embedder,
+    EmbeddingConfig,
+    build_embedder,
+    embedder_state,
+    restore_embedder,
+)
 from models.frechet import frechet_distance
 from models.gan.config import GanConfig, MrganConfig, SweepConfig, config_to_dict
 from models.gan.train import MrganProgress, MrganRun, Rejector, sample_images, train_mrgan
@@ -59,6 +66,40 @@ def build_feature_space(
     rejector = Rejector(embedder, train)
     distance = nearest(heldout, rejector.references, metric="cosine", references_prepared=True).distance
     return FeatureSpace(embedder, train, heldout, rejector, distance)
+
+
+def feature_space_state(space: FeatureSpace, embedding: EmbeddingConfig) -> dict[str, Any]:
+    """Tensors (CPU) and primitives that rebuild ``space`` (``torch.save``-able, loadable with
+    ``weights_only=True``). Pixel features are the images themselves and are not stored."""
+    state: dict[str, Any] = {
+        "format": 1, "embedding": config_to_dict(embedding), "embedder": embedder_state(space.embedder),
+        "heldout_distance": space.heldout_distance.detach().cpu(),
+    }  # fmt: skip
+    if embedding.kind != "pixels":
+        state["train"], state["heldout"] = space.train.detach().cpu(), space.heldout.detach().cpu()
+    return state
+
+
+def restore_feature_space(
+    state: dict[str, Any],
+    train_images: torch.Tensor,
+    heldout_images: torch.Tensor,
+    embedding: EmbeddingConfig,
+) -> FeatureSpace:
+    """The FeatureSpace ``build_feature_space(train_images, heldout_images, embedding)`` returned when
+    ``state`` was saved, on the images' device. ValueError when ``state`` is of another embedding."""
+    if state.get("format") != 1 or state.get("embedding") != config_to_dict(embedding):
+        raise ValueError("the stored feature space was built with another embedding")
+    device = train_images.device
+    embedder = restore_embedder(embedding, state["embedder"], train_images)
+    if "train" in state:
+        train, heldout = state["train"].to(device), state["heldout"].to(device)
+    else:
+        train, heldout = embedder.embed(train_images), embedder.embed(heldout_images)
+    distance = state["heldout_distance"].to(device)
+    if train.shape[0] != train_images.shape[0] or distance.shape[0] != heldout_images.shape[0]:
+        raise ValueError("the stored feature space belongs to other images")
+    return FeatureSpace(embedder, train, heldout, Rejector(embedder, train), distance)
 
 
 def resolve_taus(space: FeatureSpace, sweep: SweepConfig) -> list[float]:

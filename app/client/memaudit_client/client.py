@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -210,13 +211,17 @@ class MemauditClient:
         return self._download(f"/jobs/{job_id}/report", Path(out))
 
     def _download(self, path: str, out: Path) -> Path:
-        partial = out.with_name(out.name + ".part")
-        with self._http.stream("GET", path, headers={"Accept": "*/*"}) as response:
-            raise_for_status(response)
-            with partial.open("wb") as handle:
-                for chunk in response.iter_bytes(chunk_size=1 << 20):
-                    handle.write(chunk)
-        partial.replace(out)  # a failed download never leaves a truncated file under the real name
+        # A name unique to this process and call: two downloads to one path never share a partial file.
+        partial = out.with_name(f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.part")
+        try:
+            with self._http.stream("GET", path, headers={"Accept": "*/*"}) as response:
+                raise_for_status(response)
+                with partial.open("wb") as handle:
+                    for chunk in response.iter_bytes(chunk_size=1 << 20):
+                        handle.write(chunk)
+            partial.replace(out)  # a failed download never leaves a truncated file under the real name
+        finally:
+            partial.unlink(missing_ok=True)
         return out
 
 
