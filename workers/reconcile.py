@@ -93,7 +93,8 @@ def _unit_sends(session: Session, cutoff: dt.datetime, busy: bool, now: dt.datet
 
 
 def _job_sends(session: Session, cutoff: dt.datetime, now: dt.datetime) -> None:
-    """Plan steps of queued jobs without units; finishing steps of running jobs whose units are all done."""
+    """Plan steps of queued jobs without units; finishing steps of jobs whose units are all done (a
+    cancelling one too: its finishing step moves it to cancelled)."""
     unfinished = exists().where(Unit.job_id == Job.id, Unit.state != UnitState.DONE)
     has_units = exists().where(Unit.job_id == Job.id)
     finish_idle = or_(Job.finish_heartbeat_at.is_(None), Job.finish_heartbeat_at < cutoff)
@@ -103,7 +104,12 @@ def _job_sends(session: Session, cutoff: dt.datetime, now: dt.datetime) -> None:
             Job.updated_at < cutoff,
             or_(
                 and_(Job.state == JobState.QUEUED, ~has_units),
-                and_(Job.state == JobState.RUNNING, has_units, ~unfinished, finish_idle),
+                and_(
+                    Job.state.in_([str(JobState.RUNNING), str(JobState.CANCELLING)]),
+                    has_units,
+                    ~unfinished,
+                    finish_idle,
+                ),
             ),
         )
         .with_for_update(skip_locked=True)

@@ -30,7 +30,7 @@ from app.services.data_identity import ImageSetCache, load_recorded
 from app.services.errors import ServiceError
 from app.services.score_writer import write_scores
 from app.services.specs import JobConfigs, build_configs
-from app.services.transitions import cancel_job, fail_job
+from app.services.transitions import cancel_job, fail_job, job_state
 from app.settings import get_settings
 from app.tasks import FINISH_JOB, RUN_UNIT, enqueue_on_commit
 from models.audit import Cancelled, plan_units, resolve_device, train_unit
@@ -267,7 +267,7 @@ def _run_and_record(
     except Cancelled:
         with session_scope() as session:
             claims.release_unit(session, claim, give_back_attempt=False)
-            if job_state_is(session, job.id, JobState.CANCELLING):
+            if job_state(session, job.id) == JobState.CANCELLING:
                 cancel_job(session, job.id)
         return
     except OperationalError:
@@ -288,10 +288,6 @@ def _run_and_record(
         claims.fail_unit(claim, f"unit {claim.index}: cannot write its artifact: {error}")
         return
     _record_unit_done(claim, path, time.monotonic() - started)
-
-
-def job_state_is(session: Session, job_id: str, state: JobState) -> bool:
-    return session.scalar(select(Job.state).where(Job.id == job_id)) == state
 
 
 def _record_unit_done(claim: UnitClaim, path: Path, seconds: float) -> None:
@@ -371,6 +367,6 @@ def _finish_claimed(job: Job, token: int, paths: list[Path]) -> None:
 
 
 def _honour_cancel(session: Session, job_id: str) -> None:
-    if job_state_is(session, job_id, JobState.CANCELLING):
+    if job_state(session, job_id) == JobState.CANCELLING:
         cancel_job(session, job_id)
     session.commit()

@@ -76,5 +76,5 @@ def fail_job(session: Session, job_id: str, message: str) -> bool:
 
 
 def job_state(session: Session, job_id: str) -> JobState | None:
-    """The job's state as committed now (not the session's cached copy)."""
+    """The job's state as stored now (not the session's cached copy of the row)."""
     return session.scalar(select(Job.state).where(Job.id == job_id))
