@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
+from app.lifecycle import JobState
 from app.reports import (
     CopiedSample,
     EpochQuantiles,
@@ -45,7 +46,8 @@ def vae_report(n_top: int = 12, title: str = "Audit of digits") -> ReportData:
     spearman = float(spearmanr(scores[finite], rho[finite]).statistic)
     epochs = [10, 20, 30, 40]
     return ReportData(
-        job_id="3f0c6d1e-0000-4000-8000-000000000001", title=title, kind="vae_audit", state="succeeded",
+        job_id="3f0c6d1e-0000-4000-8000-000000000001", title=title, kind="vae_audit",
+        state=JobState.SUCCEEDED,
         generated_at="2026-11-23T05:00:00Z",
         params={"dataset": {"builtin": "digits"}, "audit": {"folds": 5, "repeats": 2},
                 "training": {"epochs": 40}},
@@ -65,7 +67,7 @@ def gan_report() -> ReportData:
         for i in range(4)
     ]
     return ReportData(
-        job_id="gan-1", title="MR-GAN on digits", kind="gan", state="succeeded",
+        job_id="gan-1", title="MR-GAN on digits", kind="gan", state=JobState.SUCCEEDED,
         generated_at="2026-11-23T05:00:00Z", params={"gan": {"tau": 0.05}},
         gan=GanSection(tau_sweep=sweep, copied=copied, tau=0.05),
     )

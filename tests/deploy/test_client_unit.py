@@ -28,7 +28,7 @@ def _client(handler: httpx.MockTransport) -> MemauditClient:
 
 
 def test_wait_backs_off_and_rides_out_transient_errors() -> None:
-    answers = [503, 502, "running", "running", "running", "succeeded"]
+    answers = [503, 502, JobState.RUNNING, JobState.RUNNING, JobState.RUNNING, JobState.SUCCEEDED]
     seen: list[float] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -43,7 +43,7 @@ def test_wait_backs_off_and_rides_out_transient_errors() -> None:
     with _client(httpx.MockTransport(handler)) as client:
         job = client.wait("j", timeout=30, poll_interval=0.04, max_interval=0.1,
                           on_update=lambda j: updates.append(j["state"]))
-    assert job["state"] == "succeeded" and updates == ["running"] * 3 + ["succeeded"]
+    assert job["state"] == JobState.SUCCEEDED and updates == [JobState.RUNNING] * 3 + [JobState.SUCCEEDED]
     gaps = [b - a for a, b in itertools.pairwise(seen)]
     expected = [0.04, 0.06, 0.09, 0.1, 0.1]  # x1.5 per poll, capped at max_interval
     for gap, want in zip(gaps, expected, strict=True):
@@ -52,7 +52,7 @@ def test_wait_backs_off_and_rides_out_transient_errors() -> None:
 
 def test_wait_gives_up_at_the_deadline_and_hard_errors_propagate() -> None:
     def running(_request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"id": "j", "state": "running"})
+        return httpx.Response(200, json={"id": "j", "state": JobState.RUNNING})
 
     with _client(httpx.MockTransport(running)) as client:
         started = time.monotonic()

@@ -20,6 +20,7 @@ import pytest
 from memaudit_client import MemauditClient, MemauditError, WaitTimeout
 
 from app.cli import main
+from app.lifecycle import JobState
 from app.webhooks import verify
 from tests.deploy.chromium import chromium_or_skip, console_messages, probe_copy, probe_result, run_chromium
 from tests.deploy.conftest import WEBHOOK_SECRET, LiveServer
@@ -61,7 +62,7 @@ def finished_job(live_server: LiveServer, receiver: Receiver,
     assert code == 0
     with MemauditClient(live_server.url, live_server.api_key) as client:
         jobs = client.list_jobs(limit=1)
-        assert jobs and jobs[0]["state"] == "succeeded", jobs
+        assert jobs and jobs[0]["state"] == JobState.SUCCEEDED, jobs
         return client.get_job(jobs[0]["id"])
 
 
@@ -76,7 +77,7 @@ def test_webhooks_announce_each_state_signed(finished_job: dict[str, Any], recei
     receiver.wait_for(2)
     events = [json.loads(body) for _, _, body in receiver.requests]
     assert [(e["job"]["previous_state"], e["job"]["state"]) for e in events] == [
-        ("queued", "running"), ("running", "succeeded")]
+        (JobState.QUEUED, JobState.RUNNING), (JobState.RUNNING, JobState.SUCCEEDED)]
     assert all(e["job"]["id"] == finished_job["id"] for e in events)
     assert events[-1]["job"]["summary"]["quantiles"] == finished_job["summary"]["quantiles"]
     for _, headers, body in receiver.requests:
@@ -86,7 +87,7 @@ def test_webhooks_announce_each_state_signed(finished_job: dict[str, Any], recei
 def test_status_and_scores(live_server: LiveServer, finished_job: dict[str, Any],
                            capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _cli(live_server, capsys, "status", finished_job["id"], "--once")
-    assert code == 0 and "succeeded" in out and "scores final" in out
+    assert code == 0 and JobState.SUCCEEDED in out and "scores final" in out
     code, out, _ = _cli(live_server, capsys, "scores", finished_job["id"], "--top", "5")
     lines = out.strip().splitlines()
     assert code == 0 and lines[0].split("\t")[:3] == ["rank", "sample_id", "score"]
@@ -174,9 +175,9 @@ def test_wait_times_out_then_cancel(live_server: LiveServer, finished_job: dict[
         with pytest.raises(WaitTimeout):
             client.wait(job["id"], timeout=0.5, poll_interval=0.1)
         code, out, _ = _cli(live_server, capsys, "cancel", job["id"])
-        assert code == 0 and ("cancelled" in out or "cancelling" in out)
+        assert code == 0 and (JobState.CANCELLED in out or JobState.CANCELLING in out)
         final = client.wait(job["id"], timeout=120, poll_interval=0.2)
-        assert final["state"] == "cancelled"
+        assert final["state"] == JobState.CANCELLED
         with pytest.raises(MemauditError) as error:
             client.cancel_job(job["id"])
         assert error.value.status_code == 409
@@ -186,10 +187,11 @@ def test_wait_times_out_then_cancel(live_server: LiveServer, finished_job: dict[
         return [e["state"] for e in events if e["id"] == job["id"]]
 
     deadline = time.monotonic() + 10  # the delivery trails the commit that the poll saw
-    while "cancelled" not in states() and time.monotonic() < deadline:
+    while JobState.CANCELLED not in states() and time.monotonic() < deadline:
         time.sleep(0.05)
     seen = states()
-    assert seen[-1] == "cancelled" and set(seen) <= {"running", "cancelling", "cancelled"}, seen
+    assert seen[-1] == JobState.CANCELLED, seen
+    assert set(seen) <= {JobState.RUNNING, JobState.CANCELLING, JobState.CANCELLED}, seen
 
 
 def test_status_draws_a_progress_bar_on_a_terminal(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.lifecycle import JobState
 from app.reports import ReportData, render_report
 from app.reports.svg import nice_ticks
 from tests.deploy.chromium import (
@@ -78,7 +79,7 @@ def test_user_text_is_escaped() -> None:
 
 
 def test_empty_report_still_renders() -> None:
-    html = render_report(ReportData(job_id="j", title="queued job", kind="vae_audit", state="queued",
+    html = render_report(ReportData(job_id="j", title="queued job", kind="vae_audit", state=JobState.QUEUED,
                                     generated_at="2026-01-01T00:00:00Z", provisional=True))
     assert "queued job" in html and "Provisional scores" in html
 

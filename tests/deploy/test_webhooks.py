@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from app.lifecycle import JobState
 from app.webhooks import (
     EVENT_JOB_STATE,
     SIGNATURE_HEADER,
@@ -31,10 +32,10 @@ def receiver() -> Iterator[Receiver]:
         yield state
 
 
-def _payload(state: str = "succeeded") -> dict[str, Any]:
+def _payload(state: str = JobState.SUCCEEDED) -> dict[str, Any]:
     job = {"id": "job-1", "state": state, "kind": "vae_audit", "progress": {"units_done": 3},
            "summary": {"q0.95": 1.4}, "error": None}
-    return job_event_body(job, "running", int(time.time()))
+    return job_event_body(job, JobState.RUNNING, int(time.time()))
 
 
 def test_delivery_is_signed_over_the_raw_body(receiver: Receiver) -> None:
@@ -49,10 +50,11 @@ def test_delivery_is_signed_over_the_raw_body(receiver: Receiver) -> None:
     assert headers[SIGNATURE_HEADER] == sign(SECRET, body)
     assert verify(SECRET, body, headers[SIGNATURE_HEADER])
     assert not verify("other-secret", body, headers[SIGNATURE_HEADER])
-    assert not verify(SECRET, body.replace(b"succeeded", b"failed___"), headers[SIGNATURE_HEADER])
+    tampered = body.replace(str(JobState.SUCCEEDED).encode(), b"failed___")
+    assert not verify(SECRET, tampered, headers[SIGNATURE_HEADER])
     document = json.loads(body)
     assert document["event"] == EVENT_JOB_STATE == headers["X-Memaudit-Event"]
-    assert document["job"] == {"id": "job-1", "state": "succeeded", "previous_state": "running",
+    assert document["job"] == {"id": "job-1", "state": JobState.SUCCEEDED, "previous_state": JobState.RUNNING,
                                "kind": "vae_audit", "progress": {"units_done": 3},
                                "summary": {"q0.95": 1.4}, "error": None}
     assert int(headers[TIMESTAMP_HEADER]) == document["timestamp"]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from app.lifecycle import JobState
 from tests.service.conftest import ALICE, API_KEYS, BOB, bearer
 from tests.service.harness import Stack, environment
 from tests.service.jobdata import digits_subset, npz_bytes, tiny_job
@@ -48,7 +49,7 @@ def world(keyed_stack: Stack) -> World:
     created = client.post("/jobs", json=tiny_job({"id": dataset_id}), headers=bearer(ALICE))
     assert created.status_code == 202, created.text
     job = keyed_stack.wait_for_state(created.headers["Location"], headers=bearer(ALICE))
-    assert job["state"] == "succeeded", job
+    assert job["state"] == JobState.SUCCEEDED, job
     long_job = client.post("/jobs", json=tiny_job({"id": dataset_id}, epochs=500), headers=bearer(ALICE))
     assert long_job.status_code == 202, long_job.text
     return World(dataset_id, job["id"], long_job.json()["id"])

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import redis
 
+from app.lifecycle import JobState
 from tests.reliability.faultstack import FaultStack, fault_stack, score_vector
 from tests.service.harness import REPO, wait_for_http
 from tests.service.jobdata import digits_subset, npz_bytes, tiny_job
@@ -51,13 +52,13 @@ def reference(stack: FaultStack, job_body: dict[str, Any]) -> np.ndarray:
     """Scores of an uninterrupted run: what every faulted run must reproduce exactly."""
     job_id = stack.submit(job_body)
     job = stack.wait_for(job_id)
-    assert job["state"] == "succeeded", job
+    assert job["state"] == JobState.SUCCEEDED, job
     return score_vector(stack.all_scores(job_id))
 
 
 def _assert_same_as_reference(stack: FaultStack, job_id: str, reference: np.ndarray) -> None:
     job = stack.wait_for(job_id)
-    assert job["state"] == "succeeded", job
+    assert job["state"] == JobState.SUCCEEDED, job
     assert job["scores"]["provisional"] is False and job["error"] is None
     assert stack.score_row_count(job_id) == (N_SAMPLES, N_SAMPLES), "duplicate or missing sample rows"
     np.testing.assert_array_equal(score_vector(stack.all_scores(job_id)), reference)
@@ -95,7 +96,7 @@ def test_sigkill_during_the_bulk_score_write(
     stack.wait_reached("score_write_final")
     # Mid-write, readers still see the complete provisional set, never half of the final one.
     during = stack.client.get(f"/jobs/{job_id}").json()
-    assert during["state"] == "running" and during["scores"]["provisional"] is True
+    assert during["state"] == JobState.RUNNING and during["scores"]["provisional"] is True
     assert stack.score_row_count(job_id) == (N_SAMPLES, N_SAMPLES)
     stack.kill_worker()
     stack.disarm("score_write_final")
@@ -111,7 +112,7 @@ def test_a_unit_that_keeps_killing_its_worker_fails_the_job(
         job = stack.wait_for(stack.submit(job_body), timeout_s=150)
     finally:
         stack.disarm("unit_epoch")
-    assert job["state"] == "failed", job
+    assert job["state"] == JobState.FAILED, job
     assert "started 3 times and never finished" in job["error"], job["error"]
     assert stack.times_reached("unit_epoch") <= 3 * UNITS, "redelivery must be bounded"
     assert job["scores"]["available"] is False
@@ -126,7 +127,7 @@ def test_a_finishing_step_that_keeps_killing_its_worker_fails_the_job(
         job = stack.wait_for(stack.submit(job_body), timeout_s=150)
     finally:
         stack.disarm("finish")
-    assert job["state"] == "failed", job
+    assert job["state"] == JobState.FAILED, job
     assert job["error"] == "the finishing step was started 3 times and never finished (its worker died)"
     assert stack.times_reached("finish") == 3
     assert job["scores"]["provisional"] is True  # the provisional set stays, labelled so
@@ -141,7 +142,7 @@ def test_a_step_that_always_crashes_fails_the_job_once_without_a_retry_loop(
         time.sleep(4)  # longer than stale_after_s: a reconciler loop would have re-sent the step by now
     finally:
         stack.disarm("finish")
-    assert job["state"] == "failed", job
+    assert job["state"] == JobState.FAILED, job
     assert job["error"] == "finishing step: RuntimeError: injected crash at fault point finish"
     assert stack.times_reached("finish") == 1
 
@@ -184,7 +185,7 @@ def test_artifact_write_failure_fails_the_job_and_nothing_provisional_looks_fina
         job = stack.wait_for(stack.submit(job_body))
     finally:
         stack.disarm("artifact_write")
-    assert job["state"] == "failed", job
+    assert job["state"] == JobState.FAILED, job
     assert "cannot write its artifact" in job["error"] and "No space left on device" in job["error"]
     assert job["summary"] is None
     assert job["scores"]["provisional"] is True  # from two units, and labelled so
@@ -222,7 +223,7 @@ def test_api_restart_mid_job_changes_nothing(
         stack.disarm("unit_epoch")
         job_id = created.json()["id"]
         shown = httpx.get(f"http://127.0.0.1:{port}/jobs/{job_id}", timeout=30).json()
-        assert shown["state"] in ("running", "succeeded"), shown
+        assert shown["state"] in (JobState.RUNNING, JobState.SUCCEEDED), shown
         _assert_same_as_reference(stack, job_id, reference)
     finally:
         os.killpg(api.pid, signal.SIGKILL)

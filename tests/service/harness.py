@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 from fastapi.testclient import TestClient
 
+from app.lifecycle import JobState
+
 REPO = Path(__file__).resolve().parents[2]
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass

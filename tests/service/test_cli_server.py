@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from app.lifecycle import JobState
 from tests.service.harness import REPO, environment
 
 pytestmark = pytest.mark.service
@@ -49,7 +50,7 @@ def test_without_keys_the_server_binds_to_localhost_only(tmp_path: Path) -> None
 def test_demo_runs_a_real_audit_and_prints_the_top_samples(tmp_path: Path) -> None:
     result = _memaudit(["demo", "--epochs", "1", "--top", "4"], tmp_path, 420)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "succeeded" in result.stdout
+    assert JobState.SUCCEEDED in result.stdout
     table_row = r"^\s+(\d+)\s+(\d+)\s+(-?\d+\.\d+)\s+-?\d+\.\d+\s+-?\d+\.\d+$"
     rows = re.findall(table_row, result.stdout, re.MULTILINE)
     assert [int(rank) for rank, _, _ in rows] == [1, 2, 3, 4]

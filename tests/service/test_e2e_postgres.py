@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.lifecycle import JobState
 from models.audit import run_audit
 from models.config import AuditConfig, ModelConfig, TrainConfig
 from models.imageset import image_set_from_array
@@ -45,7 +46,7 @@ def finished_job(pg_stack: Stack, dataset_id: str) -> dict[str, Any]:
     assert response.status_code == 202, response.text
     assert response.headers["Location"] == f"/jobs/{response.json()['id']}"
     job = pg_stack.wait_for_state(response.headers["Location"], headers=AS_ALICE)
-    assert job["state"] == "succeeded", job
+    assert job["state"] == JobState.SUCCEEDED, job
     return job
 
 
@@ -206,10 +207,12 @@ def test_idempotency_key(pg_stack: Stack, dataset_id: str) -> None:
 def test_cancel_a_running_job(pg_stack: Stack, dataset_id: str) -> None:
     long_job = tiny_job({"id": dataset_id}, epochs=5000)
     created = pg_stack.client.post("/jobs", json=long_job, headers=AS_ALICE).json()
-    pg_stack.wait_for_state(created["url"], states=("running",), headers=AS_ALICE)
+    pg_stack.wait_for_state(created["url"], states=(JobState.RUNNING,), headers=AS_ALICE)
     cancelled = pg_stack.client.post(f"{created['url']}/cancel", headers=AS_ALICE)
-    assert cancelled.status_code == 202 and cancelled.json()["state"] in ("cancelling", "cancelled")
+    assert cancelled.status_code == 202
+    assert cancelled.json()["state"] in (JobState.CANCELLING, JobState.CANCELLED)
     job = pg_stack.wait_for_state(created["url"], timeout_s=60, headers=AS_ALICE)
-    assert job["state"] == "cancelled" and job["progress"]["units_done"] < job["progress"]["units_total"]
+    assert job["state"] == JobState.CANCELLED
+    assert job["progress"]["units_done"] < job["progress"]["units_total"]
     again = pg_stack.client.post(f"{created['url']}/cancel", headers=AS_ALICE)
     assert again.status_code == 409

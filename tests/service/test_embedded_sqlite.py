@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.lifecycle import JobState
 from tests.service.harness import Stack
 from tests.service.jobdata import digits_subset, npy_bytes, tiny_job
 
@@ -30,7 +31,7 @@ def test_builtin_and_path_datasets_run_to_success(sqlite_stack: Stack) -> None:
     for response in jobs:
         assert response.status_code == 202, response.text
     finished = [sqlite_stack.wait_for_state(r.headers["Location"]) for r in jobs]
-    assert [job["state"] for job in finished] == ["succeeded", "succeeded"], finished
+    assert [job["state"] for job in finished] == [JobState.SUCCEEDED, JobState.SUCCEEDED], finished
     assert [job["n_samples"] for job in finished] == [60, 299]
     # With a held-out set the fold models also generate images for the nearest-neighbour comparison:
     # exactly |S| = |H| = 299 of them (SPEC §3), although 299 is not a multiple of the 6 models.

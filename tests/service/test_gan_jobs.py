@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from app.lifecycle import JobState
 from tests.service.harness import Stack
 from tests.service.jobdata import digits_subset
 
@@ -19,7 +20,7 @@ def _submit(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
     response = stack.client.post("/jobs", json=body)
     assert response.status_code == 202, response.text
     job: dict[str, Any] = stack.wait_for_state(response.headers["Location"])
-    assert job["state"] == "succeeded", job
+    assert job["state"] == JobState.SUCCEEDED, job
     return job
 
 

@@ -19,16 +19,16 @@ pytestmark = pytest.mark.timeout(180)
 _INSERT = text(
     "INSERT INTO jobs (id, owner, kind, state, spec, request_hash, n_samples, image_shape, units_total, "
     "units_done, progress, scores_provisional, scores_units, created_at, updated_at) VALUES (:id, 'alice', "
-    "'vae_audit', :state, '{}', 'h', 60, '[1, 8, 8]', :total, :done, :progress, false, 0, CURRENT_TIMESTAMP, "
-    "CURRENT_TIMESTAMP)"
+    "'vae_audit', :state, '{}', 'h', 60, '[1, 8, 8]', :units_total, :units_done, :progress, false, 0, "
+    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
 )
 ROWS: list[dict[str, Any]] = [
     # a job whose finishing step had started twice, mid-unit progress next to the old counter copies
     {
         "id": "finishing",
         "state": JobState.RUNNING,
-        "total": 3,
-        "done": 3,
+        "units_total": 3,
+        "units_done": 3,
         "progress": {
             "units_done": 3,
             "units_total": 3,
@@ -43,18 +43,24 @@ ROWS: list[dict[str, Any]] = [
     {
         "id": "behind",
         "state": JobState.RUNNING,
-        "total": 4,
-        "done": 1,
+        "units_total": 4,
+        "units_done": 1,
         "progress": {"units_done": 2, "units_total": 4, "unit": 3, "epoch": 1, "epochs": 5, "fraction": 0.55},
     },
     {
         "id": "fresh",
         "state": JobState.QUEUED,
-        "total": 0,
-        "done": 0,
+        "units_total": 0,
+        "units_done": 0,
         "progress": {"units_done": 0, "units_total": 0},
     },
-    {"id": "odd", "state": JobState.FAILED, "total": 0, "done": 0, "progress": {"finish_attempts": "x"}},
+    {
+        "id": "odd",
+        "state": JobState.FAILED,
+        "units_total": 0,
+        "units_done": 0,
+        "progress": {"finish_attempts": "x"},
+    },
 ]
 
 

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.main import create_app
+from app.lifecycle import JobState
 from app.migrate import upgrade_to_head
 from tests.service.harness import environment
 from tests.service.jobdata import tiny_job
@@ -55,7 +56,7 @@ def test_provisional_then_final_scores(client: TestClient, tmp_path: Path) -> No
 
     runner.run_unit(job_id, 0)
     job = _job(client, job_id)
-    assert job["state"] == "running"
+    assert job["state"] == JobState.RUNNING
     assert job["scores"]["available"] is True and job["scores"]["provisional"] is True
     provisional = _scores(client, job_id)
     assert provisional["provisional"] is True and len(provisional["items"]) == N_TEST_DIGITS
@@ -69,7 +70,7 @@ def test_provisional_then_final_scores(client: TestClient, tmp_path: Path) -> No
     runner.run_unit(job_id, 1)
     runner.finish_job(job_id)
     job = _job(client, job_id)
-    assert job["state"] == "succeeded" and job["scores"]["provisional"] is False
+    assert job["state"] == JobState.SUCCEEDED and job["scores"]["provisional"] is False
     final = _scores(client, job_id)
     assert final["provisional"] is False
     assert {(item["n_in"], item["n_out"]) for item in final["items"]} == {(4, 2)}
