@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.db import Job, SampleScore, is_postgres, utcnow
@@ -102,9 +102,7 @@ def write_scores(session: Session, job_id: str, arrays: ScoreArrays, units: int,
         _copy_binary(session, job_id, arrays)
     else:
         _insert_rows(session, _rows(job_id, arrays))
-    session.execute(
-        update(Job).where(Job.id == job_id).values(scores_units=units, scores_provisional=provisional)
-    )
+    guarded_update(session, Job, job_id, when=JOB_ACTIVE, scores_units=units, scores_provisional=provisional)
     fault_point("score_write_provisional" if provisional else "score_write_final")
     if commit:
         session.commit()
