@@ -68,8 +68,8 @@ def refusal(address: IPAddress) -> str | None:
         ("is_loopback", "a loopback address"),
         ("is_link_local", "a link-local address"),
         ("is_multicast", "a multicast address"),
-        ("is_private", "a private address"),
         ("is_reserved", "a reserved address"),
+        ("is_private", "a private address"),  # also documentation and benchmarking ranges
     )
     for attribute, reason in checks:
         if getattr(address, attribute):
@@ -135,9 +135,9 @@ def pin(url: str, *, allow_private: bool, resolver: Resolver = resolve_host) -> 
         checked = _checked(host, addresses)
     chosen = checked[0]
     shown = f"[{chosen}]" if chosen.version == 6 else str(chosen)
-    netloc = f"{shown}:{parts.port}" if parts.port else shown
+    userinfo, at, host_header = parts.netloc.rpartition("@")  # Host never carries the user info
+    netloc = f"{userinfo}{at}{shown}" + (f":{parts.port}" if parts.port else "")
     pinned = parts._replace(netloc=netloc).geturl()
-    host_header = parts.netloc.rpartition("@")[2]  # without user info
     return Target(pinned, host_header, host if parts.scheme == "https" else None, str(chosen))
 
 

@@ -31,6 +31,10 @@ JOB_LINKS = {
     "GetJob": "get_job", "CancelJob": "cancel_job", "ListJobScores": "list_job_scores",
     "GetJobReport": "get_job_report", "ExportScoresCsv": "export_scores_csv",
 }  # fmt: skip
+# GET /scores names the job its scores come from (by default the latest finished one) and its samples
+SCORED_JOB_LINKS = {"ListJobScores": "list_job_scores", "ExportScoresParquet": "export_scores_parquet",
+                    "GetJobReport": "get_job_report"}  # fmt: skip
+SAMPLE_LINKS = {"GetSample": "get_sample", "GetSampleImage": "get_sample_image"}
 
 
 def install_openapi(app: FastAPI, settings: Settings, keys_configured: Callable[[], bool]) -> None:
@@ -133,6 +137,14 @@ def _links(schema: Schema) -> None:
     created = schema["paths"]["/jobs"]["post"]["responses"]["202"]
     created["links"] = {name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
                         for name, operation in JOB_LINKS.items()}  # fmt: skip
+    top = schema["paths"]["/scores"]["get"]["responses"]["200"]
+    top["links"] = {
+        **{name: {"operationId": operation, "parameters": {"job_id": "$response.body#/job_id"}}
+           for name, operation in SCORED_JOB_LINKS.items()},
+        **{name: {"operationId": operation, "parameters": {"job_id": "$response.body#/job_id",
+                                                           "sample_id": "$response.body#/items/0/sample_id"}}
+           for name, operation in SAMPLE_LINKS.items()},
+    }  # fmt: skip
     uploaded = schema["paths"]["/datasets"]["post"]["responses"]["201"]
     uploaded["links"] = {"GetDataset": {"operationId": "get_dataset",
                                         "parameters": {"dataset_id": "$response.body#/id"}}}  # fmt: skip

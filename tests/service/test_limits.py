@@ -39,8 +39,9 @@ MODELS = [
 
 
 def facts(count: int, image_shape: tuple[int, int, int]) -> DatasetFacts:
-    return DatasetFacts(count=count, image_shape=image_shape, min=0.0, max=1.0, source_kind="uint8",
-                        is_8bit=True)
+    return DatasetFacts(
+        count=count, image_shape=image_shape, min=0.0, max=1.0, source_kind="uint8", is_8bit=True
+    )
 
 
 def _params(module: torch.nn.Module) -> int:
@@ -168,8 +169,11 @@ def _enforced(component: str, name: str, value: Any) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("component", "name", "keyword", "bound"), _numeric_bounds(),
-                         ids=[f"{c}.{n}.{k}" for c, n, k, _ in _numeric_bounds()])
+@pytest.mark.parametrize(
+    ("component", "name", "keyword", "bound"),
+    _numeric_bounds(),
+    ids=[f"{c}.{n}.{k}" for c, n, k, _ in _numeric_bounds()],
+)
 def test_each_published_rule_is_the_enforced_one(component: str, name: str, keyword: str, bound: Any) -> None:
     def value(number: float) -> Any:
         if keyword.startswith("items."):
@@ -181,10 +185,13 @@ def test_each_published_rule_is_the_enforced_one(component: str, name: str, keyw
     integer = keyword in ("minItems", "maxItems") or (isinstance(bound, int) and name != "lr")
     step = 1 if integer else 1e-9
     inside, outside = {
-        "minimum": (bound, bound - step), "items.minimum": (bound, bound - step),
-        "maximum": (bound, bound + step), "items.maximum": (bound, bound + step),
+        "minimum": (bound, bound - step),
+        "items.minimum": (bound, bound - step),
+        "maximum": (bound, bound + step),
+        "items.maximum": (bound, bound + step),
         "exclusiveMinimum": (bound + step, bound),
-        "minItems": (bound, bound - 1), "maxItems": (bound, bound + 1),
+        "minItems": (bound, bound - 1),
+        "maxItems": (bound, bound + 1),
     }[keyword]
     assert _enforced(component, name, value(inside)), f"{inside} should be accepted"
     assert not _enforced(component, name, value(outside)), f"{outside} should be refused"
