@@ -51,8 +51,7 @@ def _finished_job(env: dict[str, str]) -> str:
         with TestClient(create_app()) as client:
             upload = client.post("/datasets", files={"file": ("d.npz", npz_bytes(digits_subset(30)))},
                                  headers=bearer(ALICE))  # fmt: skip
-            body = tiny_job({"id": upload.json()["id"]}, epochs=1)
-            body["training"]["batch_size"] = 16  # <= the 30 samples
+            body = tiny_job({"id": upload.json()["id"]}, epochs=1, batch_size=16)  # <= the 30 samples
             job_id: str = client.post("/jobs", json=body, headers=bearer(ALICE)).json()["id"]
         runner.plan_job(job_id)
         for index in range(3):

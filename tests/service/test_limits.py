@@ -202,13 +202,13 @@ def test_each_configured_limit_is_published_and_enforced(limit: Any) -> None:
     from fastapi import FastAPI
 
     from app.api.openapi import install_openapi
-    from app.api.routes import datasets, jobs
+    from app.api.routes import datasets, jobs, scores
 
     configured = {"max_epochs": 321, "max_batch_size": 111, "max_is_samples": 777, "max_folds_x_repeats": 41,
                   "max_generated_samples": 999, "max_model_params": 12345, "max_gan_steps": 5555}  # fmt: skip
     settings = Settings(**{limit.setting: configured[limit.setting]})
     app = FastAPI()
-    for module in (datasets, jobs):
+    for module in (datasets, jobs, scores):
         app.include_router(module.router, responses={401: {"description": "no key"}})
     install_openapi(app, settings, lambda: True)
     prop = app.openapi()["components"]["schemas"][limit.component]["properties"][limit.name]
