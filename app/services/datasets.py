@@ -186,9 +186,12 @@ def data_root_file(relative: str, settings: Settings, field: str) -> Path:
     root = settings.data_root.resolve()
     try:
         path = ensure_inside(root / relative, root, field)
+        exists = path.is_file()
     except DataError as error:
         raise Invalid(error.field, error.message) from None
-    if not path.is_file():
+    except OSError:  # e.g. a name longer than the filesystem allows: it names no file
+        exists = False
+    if not exists:
         raise NotFound(field, f"no file {relative!r} under the data root")
     return path
 

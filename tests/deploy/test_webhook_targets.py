@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from app.services.patterns import WEBHOOK_URL
 from app.webhook_targets import BlockedTarget, check_at_submit, pin, refusal
-from app.webhooks import EVENT_JOB_STATE, WebhookDispatcher, job_event_body
+from app.webhooks import EVENT_JOB_STATE, WebhookDispatcher, job_event_body, validate_url
 from tests.deploy.receiver import Receiver, running_receiver
 
 PUBLIC = "93.184.216.34"  # example.com; never contacted by these tests
@@ -135,3 +138,19 @@ def test_redirects_are_not_followed(receiver: Receiver) -> None:
         _deliver(dispatcher, receiver.url)
         assert len(receiver.requests) == 1 and inside.requests == []
     assert dispatcher.stats.failed == 1 and dispatcher.stats.delivered == 0 and dispatcher.stats.attempts == 1
+
+
+@given(url=st.from_regex(WEBHOOK_URL, fullmatch=True))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_every_url_the_schema_accepts_parses_and_is_only_ever_refused_for_its_address(url: str) -> None:
+    """A URL matching the published pattern is well-formed for the server too: at submit it is either
+    accepted or refused because of where it points (never a shape error, never a crash)."""
+    assert validate_url(url) == url
+
+    def unknown(host: str, _port: int) -> list[str]:
+        raise OSError(f"{host}: not known")
+
+    try:
+        check_at_submit(url, allow_private=False, resolver=unknown)
+    except BlockedTarget as error:
+        assert "MEMAUDIT_WEBHOOK_ALLOW_PRIVATE" in str(error)
