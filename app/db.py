@@ -69,6 +69,9 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(128), default="")
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # None: never expires (revision 0004). A revoked row may also stand for a MEMAUDIT_API_KEYS token.
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Dataset(Base):

@@ -1,9 +1,10 @@
-"""Per-owner rate limit on job creation: at most ``job_rate_limit`` new jobs in any sliding window of
-``job_rate_window_s`` seconds, else 429 with Retry-After.
+"""Per-owner limits on job creation, each a 429 with Retry-After: at most ``job_rate_limit`` new jobs in
+any sliding window of ``job_rate_window_s`` seconds, and at most ``max_active_jobs`` jobs queued or
+running at once.
 
 Counted from the jobs table itself (index ix_jobs_owner_created), so every API replica and restart
 sees the same count and nothing extra is stored. An Idempotency-Key replay creates nothing and is
-never limited. Two requests racing at the limit can both pass (one job over, never more per racer).
+never limited. Two requests racing at a limit can both pass (one job over, never more per racer).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db import Job, utcnow
+from app.lifecycle import JOB_ACTIVE
 from app.services.errors import ServiceError
 from app.settings import Settings
 
@@ -47,3 +49,21 @@ def check_job_rate(session: Session, settings: Settings, owner: str) -> None:
     retry_after = max(1, math.ceil((_aware(recent[-1]) + window - now).total_seconds()))
     raise RateLimited("jobs", f"at most {limit} new jobs per {settings.job_rate_window_s} s for this owner; "
                       f"retry in {retry_after} s", retry_after)
+
+
+# A finishing job frees its slot at an unknown moment; clients poll again after this long.
+ACTIVE_JOBS_RETRY_AFTER_S = 30
+
+
+def check_active_jobs(session: Session, settings: Settings, owner: str) -> None:
+    """Raise RateLimited when ``owner`` already has ``max_active_jobs`` jobs queued or running."""
+    limit = settings.max_active_jobs
+    if limit <= 0:
+        return
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(Job.owner == owner, Job.state.in_(sorted(JOB_ACTIVE)))
+    ) or 0
+    if active >= limit:
+        raise RateLimited("jobs", f"at most {limit} active jobs per owner (MEMAUDIT_MAX_ACTIVE_JOBS); "
+                          f"{active} are queued or running: wait for one to finish or cancel one",
+                          ACTIVE_JOBS_RETRY_AFTER_S)

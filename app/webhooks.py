@@ -9,8 +9,13 @@ Each delivery is an HTTP POST of a JSON body with headers
 
 A 2xx answer ends the delivery; connection errors, 408, 429 and 5xx are retried with exponential
 backoff (1 s, 2 s, 4 s, ... capped) up to ``max_attempts``; other 4xx mean the receiver refuses
-and are not retried. Delivery is best effort and in memory: pending retries die with the process.
-docs/integration.md shows how a receiver verifies a delivery.
+and are not retried. Redirects are not followed (a 3xx is a failed delivery). Delivery is best
+effort and in memory: pending retries die with the process. docs/integration.md shows how a
+receiver verifies a delivery.
+
+Every attempt resolves the URL's host, checks each address and sends to the checked one
+(app.webhook_targets): a host that resolves to a loopback, private, link-local or other internal
+address is never contacted unless ``allow_private`` (MEMAUDIT_WEBHOOK_ALLOW_PRIVATE).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import httpx
 from sqlalchemy.orm import Session
 
 from app.db import Job, on_commit
+from app.webhook_targets import BlockedTarget, Resolver, Target, pin, resolve_host
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,12 @@ def verify(secret: str, body: bytes, signature_header: str) -> bool:
 
 
 def validate_url(url: str) -> str:
-    parts = urlsplit(url)
+    """The URL's shape (the request model also holds it to app.services.patterns.WEBHOOK_URL)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port outside 0..65535
+    except ValueError:
+        raise ValueError("webhook url must be an absolute http(s) URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("webhook url must be an absolute http(s) URL")
     return url
@@ -93,6 +104,7 @@ class DeliveryStats:
     failed: int = 0
     dropped: int = 0
     attempts: int = 0
+    blocked: int = 0  # deliveries refused because the host resolved to an internal address
 
 
 class WebhookDispatcher:
@@ -108,14 +120,21 @@ class WebhookDispatcher:
         max_pending: int = 1000,
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        allow_private: bool = False,
+        resolver: Resolver = resolve_host,
     ) -> None:
         self.secret = secret
         self.max_attempts = max_attempts
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
         self.max_pending = max_pending
+        self.allow_private = allow_private
+        self.resolver = resolver
         self.stats = DeliveryStats()
-        self._http = httpx.Client(timeout=timeout_s, transport=transport, follow_redirects=False)
+        # Requests go to a pinned IP; a pooled connection must never carry another host's request
+        # (a TLS session made for one name would serve another at the same address): no keep-alive.
+        self._http = httpx.Client(timeout=timeout_s, transport=transport, follow_redirects=False,
+                                  limits=httpx.Limits(max_keepalive_connections=0))
         self._schedule: list[_Delivery] = []
         self._in_flight = 0
         self._counter = itertools.count()
@@ -187,17 +206,32 @@ class WebhookDispatcher:
                     heapq.heappush(self._schedule, delivery)
                 self._condition.notify_all()
 
+    def _post(self, target: Target, delivery: _Delivery) -> tuple[int, str]:
+        """One POST to the pinned address; (HTTP status or 0, reason)."""
+        headers = {**delivery.headers, "Host": target.host_header}
+        extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else None
+        try:
+            response = self._http.post(target.url, content=delivery.body, headers=headers,
+                                       extensions=extensions)  # fmt: skip
+        except httpx.HTTPError as error:
+            return 0, f"{type(error).__name__}: {error}"
+        return response.status_code, f"HTTP {response.status_code}"
+
     def _attempt(self, delivery: _Delivery) -> bool:
         """POST once; returns True when the delivery should be tried again later."""
         delivery.attempts += 1
         self.stats.attempts += 1
         try:
-            response = self._http.post(delivery.url, content=delivery.body, headers=delivery.headers)
-            status = response.status_code
-        except httpx.HTTPError as error:
-            status, reason = 0, f"{type(error).__name__}: {error}"
+            target = pin(delivery.url, allow_private=self.allow_private, resolver=self.resolver)
+        except BlockedTarget as error:  # checked again at every attempt: the DNS answer may have changed
+            self.stats.blocked += 1
+            self.stats.failed += 1
+            log.warning("webhook to %s blocked: %s", delivery.url, error)
+            return False
+        except (OSError, UnicodeError, ValueError) as error:
+            status, reason = 0, f"cannot resolve: {error}"
         else:
-            reason = f"HTTP {status}"
+            status, reason = self._post(target, delivery)
             if 200 <= status < 300:
                 self.stats.delivered += 1
                 return False
@@ -226,7 +260,8 @@ def get_dispatcher() -> WebhookDispatcher:
             settings = get_settings()
             _dispatcher = (
                 os.getpid(),
-                WebhookDispatcher(settings.webhook_secret, max_attempts=settings.webhook_max_attempts),
+                WebhookDispatcher(settings.webhook_secret, max_attempts=settings.webhook_max_attempts,
+                                  allow_private=settings.webhook_allow_private),
             )
         return _dispatcher[1]
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from app.settings import get_settings
+from app.settings import ConfigurationError, get_settings
 from workers.launch import run_workers
 
 
@@ -19,7 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.device:
         os.environ["MEMAUDIT_WORKER_DEVICE"] = args.device
         get_settings.cache_clear()
-    return run_workers(get_settings().worker_device)
+    try:
+        device = get_settings().worker_device
+    except ConfigurationError as error:  # e.g. a malformed MEMAUDIT_API_KEYS: stop before serving anything
+        print(f"memaudit worker: {error}", file=sys.stderr)
+        return 2
+    return run_workers(device)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ shape with their field; anything unexpected is a 500 with no stack trace in the 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -60,10 +61,24 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
     return JSONResponse({"detail": details}, 422)
 
 
-async def _http_error(_request: Request, error: Exception) -> JSONResponse:
+def allowed_methods(request: Request) -> str | None:
+    """Every method the API serves at this path, from its OpenAPI paths (Starlette's own 405 names only
+    the first route's methods when several routes share a path); None for paths outside the schema."""
+    path = request.url.path
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), path):
+            methods = {method.upper() for method in operations}
+            return ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
+    return None
+
+
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
+    headers = dict(getattr(error, "headers", None) or {})
+    if error.status_code == 405:
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
     return JSONResponse(error_body("request", str(error.detail), "http"), error.status_code,
-                        headers=getattr(error, "headers", None))
+                        headers=headers or None)
 
 
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:

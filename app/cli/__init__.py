@@ -10,7 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from app.cli import audit, gan, remote, server
+from app.cli import audit, gan, keys, remote, server
+from app.settings import ConfigurationError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Audit generative models for training-data memorization.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (audit, gan, server, remote):
+    for module in (audit, gan, server, keys, remote):
         module.register(subparsers)
     return parser
 
@@ -30,7 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except ConfigurationError as error:  # e.g. a malformed MEMAUDIT_API_KEYS: stop before serving anything
+        print(f"memaudit: {error}", file=sys.stderr)
+        return 2
     return code
 
 

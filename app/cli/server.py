@@ -1,4 +1,4 @@
-"""`memaudit serve | worker | migrate | keys | demo`: running the service itself."""
+"""`memaudit serve | worker | migrate | demo`: running the service itself (keys: app.cli.keys)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     worker.set_defaults(func=_worker)
     migrate = subparsers.add_parser("migrate", help="apply the Alembic migrations to MEMAUDIT_DATABASE_URL")
     migrate.set_defaults(func=_migrate)
-    keys = subparsers.add_parser("create-key", help="create an API key for an owner (printed once)")
-    keys.add_argument("owner")
-    keys.add_argument("--name", default="", help="a label for the key")
-    keys.set_defaults(func=_create_key)
     demo = subparsers.add_parser("demo", help="start the embedded service and audit the bundled digits")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs per fold model")
     demo.add_argument("--top", type=int, default=10, help="how many samples to print")
@@ -47,16 +43,6 @@ def _migrate(_args: argparse.Namespace) -> int:
     _logging()
     upgrade_to_head(get_settings().resolved_database_url)
     print("database is at the latest revision")
-    return 0
-
-
-def _create_key(args: argparse.Namespace) -> int:
-    from app.db import session_scope
-    from app.services.auth import create_api_key
-
-    with session_scope() as session:
-        token = create_api_key(session, args.owner, args.name)
-    print(token)
     return 0
 
 
@@ -108,6 +94,7 @@ def worker_command(device: str | None) -> list[str]:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    get_settings()  # a malformed configuration stops here, with the CLI's message, before the exec
     command = worker_command(args.device)
     sys.stdout.flush()
     sys.stderr.flush()

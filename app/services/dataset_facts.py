@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.db import Dataset
 from app.services.data_identity import dataset_identity, load_identified
 from app.services.datasets import get_dataset, read_array_file
-from app.services.errors import Invalid
+from app.services.errors import Invalid, NotFound
 from app.settings import Settings
 from models.builtin_datasets import BUILTIN_NAMES, is_builtin, load_builtin
 from models.imageset import DataError, ImageSet, SourceKind, check_likelihood_facts
@@ -91,12 +91,13 @@ def _row_facts(row: Dataset, settings: Settings, field: str) -> DatasetFacts:
 
 
 def _builtin_facts_for(name: str, field: str) -> DatasetFacts:
+    # Built-ins this server does not have are a 404, like unknown ids (app.services.datasets).
     if not is_builtin(name):
-        raise Invalid(field, f"unknown built-in dataset {name!r} (built-ins: {', '.join(BUILTIN_NAMES)})")
+        raise NotFound(field, f"no built-in dataset {name!r} (built-ins: {', '.join(BUILTIN_NAMES)})")
     try:
         return _builtin_facts(name)
     except DataError as error:
-        raise Invalid(field if error.field == _BUILTIN_FIELD else error.field, error.message) from None
+        raise NotFound(field if error.field == _BUILTIN_FIELD else error.field, error.message) from None
 
 
 @lru_cache(maxsize=16)

@@ -162,30 +162,42 @@ def load_dataset_spec(
 
 
 def _load_builtin(name: str, field: str) -> ImageSet:
+    # A built-in this server does not have (unknown, bad option, not installed) names nothing: 404,
+    # like an unknown dataset id; the message says which built-ins exist.
     if not is_builtin(name):
-        raise Invalid(field, f"unknown built-in dataset {name!r} (built-ins: {', '.join(BUILTIN_NAMES)})")
+        raise NotFound(field, f"no built-in dataset {name!r} (built-ins: {', '.join(BUILTIN_NAMES)})")
     try:
         return load_builtin(name, field=field)
     except DataError as error:
-        raise Invalid(error.field, error.message) from None
+        raise NotFound(error.field, error.message) from None
 
 
 def data_root_file(relative: str, settings: Settings, field: str) -> Path:
-    """A file under the data root (never outside it, symlinks resolved), else Invalid naming the field."""
+    """A file under the data root (never outside it, symlinks resolved).
+
+    A path that leaves the root is a 422 (Invalid); one that names no file there, or a server without
+    a data root, is a 404 (NotFound): the reference names nothing, like an unknown dataset id.
+    """
     if settings.data_root is None:
-        raise Invalid(field, "this server has no data root (MEMAUDIT_DATA_ROOT); upload the file instead")
+        raise NotFound(field, f"no file {relative!r}: this server has no data root (MEMAUDIT_DATA_ROOT); "
+                              "upload the file instead")  # fmt: skip
+    if "\x00" in relative:
+        raise Invalid(field, "a path cannot contain a NUL character")
     root = settings.data_root.resolve()
     try:
         path = ensure_inside(root / relative, root, field)
+        exists = path.is_file()
     except DataError as error:
         raise Invalid(error.field, error.message) from None
-    if not path.is_file():
-        raise Invalid(field, f"no file {relative!r} under the data root")
+    except OSError:  # e.g. a name longer than the filesystem allows: it names no file
+        exists = False
+    if not exists:
+        raise NotFound(field, f"no file {relative!r} under the data root")
     return path
 
 
 def _load_path(relative: str, settings: Settings, field: str) -> ImageSet:
     path = data_root_file(relative, settings, field)
-    if path.suffix not in (".npy", ".npz"):
+    if not relative.endswith((".npy", ".npz")):
         raise Invalid(field, "only .npy and .npz files can be named by path")
-    return read_array_file(path, path.suffix, settings, field)
+    return read_array_file(path, relative[-4:], settings, field)

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict
 from sqlalchemy.orm import Session
 
+from app.services import patterns
 from app.services.dataset_facts import dataset_facts
 from app.services.datasets import data_root_file
 from app.services.errors import Invalid
@@ -30,13 +32,28 @@ if TYPE_CHECKING:
 GAN_KINDS = ("mrgan", "copy_test")
 
 
+def _torchscript_needs_path(schema: dict[str, Any]) -> None:
+    schema["if"] = {"properties": {"kind": {"const": "torchscript"}}, "required": ["kind"]}
+    schema["then"] = {"required": ["path"], "properties": {"path": {"type": "string"}}}
+
+
+def _some_tau(schema: dict[str, Any]) -> None:
+    # taus defaults to [0.0]: only an explicit empty list together with no quantiles is refused.
+    schema["not"] = {"required": ["taus"],
+                     "properties": {"taus": {"maxItems": 0}, "tau_quantiles": {"maxItems": 0}}}  # fmt: skip
+
+
+_TORCHSCRIPT_FILE: JsonDict = {"pattern": patterns.TORCHSCRIPT_PATH}
+
+
 class EmbeddingSpec(BaseModel):
     """Feature space: pixels, an autoencoder trained on the training set, or a TorchScript extractor."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_torchscript_needs_path)
 
     kind: Literal["pixels", "autoencoder", "torchscript"] = "pixels"
-    path: str | None = Field(default=None, max_length=1024, description="TorchScript file, data root")
+    path: str | None = Field(default=None, max_length=1024, json_schema_extra=_TORCHSCRIPT_FILE,
+                             description="TorchScript file relative to the data root (missing: 404)")
     latent_dim: int = Field(default=32, ge=1, le=4096)
     epochs: int = Field(default=8, ge=0, le=1000)
 
@@ -44,13 +61,15 @@ class EmbeddingSpec(BaseModel):
 class MrganSpec(BaseModel):
     """MR-GAN tau sweep (SPEC §5). Omitted GAN fields follow the image size (MLP below 28 px, else DCGAN)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_some_tau)
 
     taus: list[float] = Field(default_factory=lambda: [0.0], max_length=64)
     tau_quantiles: list[float] = Field(default_factory=list, max_length=64)
     mode: Literal["G", "GD"] = "G"
-    steps: int = Field(default=2000, ge=1, le=10_000_000)
-    batch_size: int = Field(default=64, ge=2, le=65536)
+    # Upper bounds of steps, batch_size and n_generated are settings (app.services.limits.FIELD_LIMITS):
+    # published in /openapi.json and checked by the service, so a 422 names the limit's variable.
+    steps: int = Field(default=2000, ge=1)
+    batch_size: int = Field(default=64, ge=2)
     d_steps: int = Field(default=1, ge=1, le=100)
     lr: float = Field(default=2e-4, gt=0, le=1)
     max_redraws: int = Field(default=10, ge=0, le=1000)
@@ -62,17 +81,18 @@ class MrganSpec(BaseModel):
     cells: int | None = Field(default=None, ge=1, le=10000)
     ct_metric: Literal["euclidean", "cosine"] = "euclidean"
     copy_quantile: float = Field(default=0.05, ge=0, le=1)
-    n_generated: int | None = Field(default=None, ge=2, le=1_000_000)
+    n_generated: int | None = Field(default=None, ge=2)
 
 
 class CopyTestSpec(BaseModel):
     """Copy test of an existing generator: `generated` (top-level dataset ref) or a TorchScript generator."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    generator_path: str | None = Field(default=None, max_length=1024, description="relative to the data root")
+    generator_path: str | None = Field(default=None, max_length=1024, json_schema_extra=_TORCHSCRIPT_FILE,
+                                       description="TorchScript generator under the data root (missing: 404)")
     latent_dim: int | None = Field(default=None, ge=1, le=4096)
-    n_generated: int | None = Field(default=None, ge=2, le=1_000_000)
+    n_generated: int | None = Field(default=None, ge=2)
     embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     cells: int | None = Field(default=None, ge=1, le=10000)
     metric: Literal["euclidean", "cosine"] = "euclidean"
@@ -197,16 +217,21 @@ def copy_test_configs(spec: dict[str, Any], n_test: int, settings: Settings) -> 
 def validate_gan_job(
     canonical: dict[str, Any], session: Session, settings: Settings, owner: str
 ) -> dict[str, Any]:
-    """Every check a GAN job's worker would otherwise fail on; returns the datasets' facts."""
-    if canonical["heldout"] is None:
+    """Every check a GAN job's worker would otherwise fail on; returns the datasets' facts.
+
+    The references resolve first (an unknown one is a 404), then the rules between sections, then
+    what the job would cost (app.services.limits)."""
+    from app.services.limits import check_copy_test_cost, check_mrgan_cost
+
+    sets = {"train": dataset_facts(canonical["dataset"], session, settings, owner, "dataset")}
+    for name in ("heldout", "generated"):
+        if canonical[name] is not None:
+            sets[name] = dataset_facts(canonical[name], session, settings, owner, name)
+    if "heldout" not in sets:
         raise Invalid("heldout", f"a {canonical['kind']} job needs a held-out (test) set")
-    train = dataset_facts(canonical["dataset"], session, settings, owner, "dataset")
-    heldout = dataset_facts(canonical["heldout"], session, settings, owner, "heldout")
-    sets = {"train": train, "heldout": heldout}
-    if canonical["generated"] is not None:
-        if canonical["kind"] != "copy_test":
-            raise Invalid("generated", "only copy_test jobs take generated samples")
-        sets["generated"] = dataset_facts(canonical["generated"], session, settings, owner, "generated")
+    if "generated" in sets and canonical["kind"] != "copy_test":
+        raise Invalid("generated", "only copy_test jobs take generated samples")
+    train = sets["train"]
     for name, facts in sets.items():
         if facts.image_shape != train.image_shape:
             raise Invalid(name, f"images are {list(facts.image_shape)}, the training set's are "
@@ -214,12 +239,14 @@ def validate_gan_job(
     if canonical["kind"] == "mrgan":
         if canonical["copy_test"] is not None:
             raise Invalid("copy_test", "only copy_test jobs take this section")
-        mrgan_configs(canonical, train.image_shape, sets["heldout"].count, settings)
+        configs = mrgan_configs(canonical, train.image_shape, sets["heldout"].count, settings)
+        work = check_mrgan_cost(canonical, configs, sets, settings)
     else:
         if canonical["mrgan"] is not None:
             raise Invalid("mrgan", "only mrgan jobs take this section")
-        copy_test_configs(canonical, sets["heldout"].count, settings)
-    return {name: facts.summary() for name, facts in sets.items()}
+        copy = copy_test_configs(canonical, sets["heldout"].count, settings)
+        work = check_copy_test_cost(canonical, copy, sets, settings)
+    return {**{name: facts.summary() for name, facts in sets.items()}, "work": work.parts}
 
 
 def reject_gan_sections(canonical: dict[str, Any]) -> None:

@@ -18,14 +18,16 @@ from sqlalchemy.orm import Session
 
 from app.db import Job, Unit, utcnow
 from app.lifecycle import JOB_ACTIVE, JOB_TERMINAL, JobState
-from app.ratelimit import check_job_rate
+from app.ratelimit import check_active_jobs, check_job_rate
 from app.services.dataset_facts import check_likelihood, dataset_facts
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.gan_specs import GAN_KINDS, reject_gan_sections, validate_gan_job
+from app.services.limits import check_fields, check_vae_cost
 from app.services.specs import JobCreate, request_hash
 from app.services.transitions import request_cancel
 from app.settings import Settings
 from app.tasks import PLAN_JOB, enqueue_on_commit
+from app.webhook_targets import BlockedTarget, check_at_submit
 from models.config import AuditConfig, ModelConfig, TrainConfig
 
 
@@ -45,25 +47,43 @@ def _check_section(section: str, build: Any, data: dict[str, Any]) -> None:
 
 def _validate(request: JobCreate, canonical: dict[str, Any], session: Session, settings: Settings,
               owner: str) -> dict[str, Any]:
-    """Every check a worker would otherwise fail on, done before the job exists."""
+    """Every check a worker would otherwise fail on, done before the job exists: each field alone
+    (the bounds /openapi.json states), then, once the datasets resolve (unknown: 404), the rules
+    that need them and what the job would cost, and last the webhook's address."""
+    check_fields(canonical, settings)
     if request.kind in GAN_KINDS:
-        return validate_gan_job(canonical, session, settings, owner)
-    reject_gan_sections(canonical)
+        facts = validate_gan_job(canonical, session, settings, owner)
+    else:
+        facts = _validate_vae_audit(canonical, session, settings, owner)
+    if canonical["webhook_url"] is not None:
+        try:
+            check_at_submit(canonical["webhook_url"], allow_private=settings.webhook_allow_private)
+        except BlockedTarget as error:
+            raise Invalid("webhook_url", str(error)) from None
+    return facts
+
+
+def _validate_vae_audit(canonical: dict[str, Any], session: Session, settings: Settings,
+                        owner: str) -> dict[str, Any]:  # fmt: skip
     _check_section("model", ModelConfig.from_dict, canonical["model"])
     _check_section("training", TrainConfig.from_dict, canonical["training"])
     _check_section("audit", AuditConfig.from_dict, canonical["audit"])
     train = dataset_facts(canonical["dataset"], session, settings, owner, "dataset")
+    heldout = None
+    if canonical["heldout"] is not None:
+        heldout = dataset_facts(canonical["heldout"], session, settings, owner, "heldout")
+    reject_gan_sections(canonical)
     check_likelihood(train, canonical["model"]["likelihood"], field="dataset")
     folds: int = canonical["audit"]["folds"]
     if folds > train.count:
         raise Invalid("audit.folds", f"K={folds} exceeds the {train.count} samples of the dataset")
     facts: dict[str, Any] = {"train": train.summary()}
-    if canonical["heldout"] is not None:
-        heldout = dataset_facts(canonical["heldout"], session, settings, owner, "heldout")
+    if heldout is not None:
         if heldout.image_shape != train.image_shape:
             raise Invalid("heldout", f"images are {list(heldout.image_shape)}, the training set's are "
                           f"{list(train.image_shape)}")
         facts["heldout"] = heldout.summary()
+    facts["work"] = check_vae_cost(canonical, train, heldout, settings).parts
     return facts
 
 
@@ -76,6 +96,7 @@ def create_job(session: Session, settings: Settings, owner: str, request: JobCre
         if earlier is not None:
             return CreatedJob(_same_request(earlier, digest), created=False)
     check_job_rate(session, settings, owner)
+    check_active_jobs(session, settings, owner)
     facts = _validate(request, canonical, session, settings, owner)
     train_facts = facts["train"]
     job = Job(

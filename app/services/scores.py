@@ -7,10 +7,9 @@ reverse (the same index read backwards). "sample_id" uses the primary key.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
-import json
+import math
+import struct
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, and_, or_, select
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.db import Job, SampleScore, is_postgres
 from app.lifecycle import JobState
+from app.services import patterns
 from app.services.data_identity import ImageSetCache, load_recorded
 from app.services.errors import Invalid, NotFound
 from app.services.jobs import get_job
@@ -53,21 +53,23 @@ def top_scores(session: Session, job_id: str, top: int) -> list[SampleScore]:
     return list(session.scalars(query.limit(top)))
 
 
-def encode_cursor(row: SampleScore, sort: SortOrder) -> str:
-    payload = [sort, row.score, row.sample_id]
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+def encode_cursor(row: SampleScore) -> str:
+    """The position after ``row``: its score's IEEE-754 bits (``n`` when not finite) and sample id.
+
+    Every string of this shape (patterns.CURSOR, published in /openapi.json) is a valid position, so a
+    cursor is never refused once it matches; it carries no sort order (the ``sort`` parameter does).
+    """
+    score = row.score
+    bits = "n" if score is None or not math.isfinite(score) else struct.pack(">d", score).hex()
+    return f"{bits}.{row.sample_id}"
 
 
-def decode_cursor(cursor: str, sort: SortOrder) -> Cursor:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        cursor_sort, score, sample_id = json.loads(base64.urlsafe_b64decode(padded))
-    except (ValueError, binascii.Error, TypeError):
-        raise Invalid("cursor", "not a cursor returned by this endpoint") from None
-    score_ok = score is None or isinstance(score, float | int)
-    if cursor_sort != sort or not isinstance(sample_id, int) or not score_ok:
-        raise Invalid("cursor", "the cursor belongs to another sort order or is malformed")
-    return (None if score is None else float(score)), sample_id
+def decode_cursor(cursor: str) -> Cursor:
+    if not patterns.matches(patterns.CURSOR, cursor):
+        raise Invalid("cursor", "not a cursor returned by this endpoint")
+    bits, _, sample_id = cursor.partition(".")
+    score = None if bits == "n" else struct.unpack(">d", bytes.fromhex(bits))[0]
+    return (score if score is not None and math.isfinite(score) else None), int(sample_id)
 
 
 def _after_desc(score: float | None, sample_id: int) -> ColumnElement[bool]:
@@ -109,9 +111,9 @@ def _page_query(
 def score_page(
     session: Session, job_id: str, sort: SortOrder, limit: int, cursor: str | None
 ) -> tuple[list[SampleScore], str | None]:
-    after = decode_cursor(cursor, sort) if cursor else None
+    after = decode_cursor(cursor) if cursor is not None else None  # '' is malformed, not absent
     rows = list(session.scalars(_page_query(session, job_id, sort, after).limit(limit + 1)))
-    next_cursor = encode_cursor(rows[limit - 1], sort) if len(rows) > limit else None
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
 

@@ -99,8 +99,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
     tmp = tmp_path_factory.mktemp("live")
     database, broker = f"sqlite:///{tmp / 'memaudit.db'}", f"sqla+sqlite:///{tmp / 'broker.db'}"
-    # The worker subprocess inherits the environment: it signs webhooks with this secret.
-    with environment({"MEMAUDIT_WEBHOOK_SECRET": WEBHOOK_SECRET}), \
+    # The worker subprocess inherits the environment: it signs webhooks with this secret, and may send
+    # them to the tests' receiver on 127.0.0.1 (a private address).
+    with environment({"MEMAUDIT_WEBHOOK_SECRET": WEBHOOK_SECRET, "MEMAUDIT_WEBHOOK_ALLOW_PRIVATE": "true"}), \
             running_stack(tmp, database, broker, API_KEYS) as stack:
         port = _free_port()
         config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")

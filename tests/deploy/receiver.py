@@ -18,6 +18,7 @@ class Receiver:
     url: str = ""
     statuses: list[int] = field(default_factory=list)
     delay_s: float = 0.0
+    redirect_to: str | None = None  # answer every request with 302 to this URL
     requests: list[tuple[float, dict[str, str], bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -40,7 +41,11 @@ def running_receiver() -> Iterator[Receiver]:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             state.requests.append((time.monotonic(), dict(self.headers.items()), body))
             time.sleep(state.delay_s)
-            self.send_response(state.next_status())
+            if state.redirect_to is not None:
+                self.send_response(302)
+                self.send_header("Location", state.redirect_to)
+            else:
+                self.send_response(state.next_status())
             self.send_header("Content-Length", "0")
             self.end_headers()
 

@@ -1,4 +1,7 @@
-"""Webhooks against a real HTTP receiver on 127.0.0.1: signature, retries with backoff, no blocking."""
+"""Webhooks against a real HTTP receiver on 127.0.0.1: signature, retries with backoff, no blocking.
+
+The receiver is on loopback, which webhooks may reach only with allow_private (the tests of that rule
+are in tests/deploy/test_webhook_targets.py)."""
 
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def _payload(state: str = JobState.SUCCEEDED) -> dict[str, Any]:
 
 
 def test_delivery_is_signed_over_the_raw_body(receiver: Receiver) -> None:
-    dispatcher = WebhookDispatcher(SECRET, base_delay_s=0.01)
+    dispatcher = WebhookDispatcher(SECRET, allow_private=True, base_delay_s=0.01)
     try:
         assert dispatcher.submit(receiver.url, EVENT_JOB_STATE, _payload())
         assert dispatcher.flush(10)
@@ -63,7 +66,7 @@ def test_delivery_is_signed_over_the_raw_body(receiver: Receiver) -> None:
 
 def test_failures_are_retried_with_exponential_backoff(receiver: Receiver) -> None:
     receiver.statuses = [500, 503, 429]
-    dispatcher = WebhookDispatcher(SECRET, base_delay_s=0.1, max_attempts=6)
+    dispatcher = WebhookDispatcher(SECRET, allow_private=True, base_delay_s=0.1, max_attempts=6)
     try:
         dispatcher.submit(receiver.url, EVENT_JOB_STATE, _payload())
         assert dispatcher.flush(20)
@@ -82,7 +85,7 @@ def test_failures_are_retried_with_exponential_backoff(receiver: Receiver) -> No
 
 def test_gives_up_after_max_attempts_and_on_client_errors(receiver: Receiver) -> None:
     receiver.statuses = [500] * 10
-    dispatcher = WebhookDispatcher(SECRET, base_delay_s=0.01, max_attempts=3)
+    dispatcher = WebhookDispatcher(SECRET, allow_private=True, base_delay_s=0.01, max_attempts=3)
     try:
         dispatcher.submit(receiver.url, EVENT_JOB_STATE, _payload())
         assert dispatcher.flush(10)
@@ -96,7 +99,8 @@ def test_gives_up_after_max_attempts_and_on_client_errors(receiver: Receiver) ->
 
 
 def test_unreachable_receiver_is_retried_then_dropped() -> None:
-    dispatcher = WebhookDispatcher(SECRET, base_delay_s=0.01, max_attempts=2, timeout_s=1.0)
+    dispatcher = WebhookDispatcher(SECRET, allow_private=True, base_delay_s=0.01, max_attempts=2,
+                                   timeout_s=1.0)
     try:
         dispatcher.submit("http://127.0.0.1:9/closed-port", EVENT_JOB_STATE, _payload())
         assert dispatcher.flush(10)
@@ -107,7 +111,7 @@ def test_unreachable_receiver_is_retried_then_dropped() -> None:
 
 def test_submit_never_blocks_and_the_queue_is_bounded(receiver: Receiver) -> None:
     receiver.delay_s = 0.5  # a slow receiver must not slow the caller (a worker between epochs)
-    dispatcher = WebhookDispatcher(SECRET, max_pending=3)
+    dispatcher = WebhookDispatcher(SECRET, allow_private=True, max_pending=3)
     try:
         started = time.perf_counter()
         accepted = [dispatcher.submit(receiver.url, EVENT_JOB_STATE, _payload()) for _ in range(6)]
@@ -121,7 +125,7 @@ def test_submit_never_blocks_and_the_queue_is_bounded(receiver: Receiver) -> Non
 
 
 def test_unsigned_when_no_secret(receiver: Receiver) -> None:
-    dispatcher = WebhookDispatcher("")
+    dispatcher = WebhookDispatcher("", allow_private=True)
     try:
         dispatcher.submit(receiver.url, EVENT_JOB_STATE, _payload())
         assert dispatcher.flush(10)

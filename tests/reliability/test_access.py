@@ -255,3 +255,31 @@ def test_scores_of_own_job_are_real(keyed_stack: Stack, world: World) -> None:
     top = keyed_stack.client.get("/scores", params={"job_id": world.job_id, "top": 45}, headers=bearer(ALICE))
     scores = np.array([item["score"] for item in top.json()["items"]], dtype=float)
     assert len(scores) == 45 and np.all(np.diff(scores) <= 0)
+
+
+def test_active_jobs_are_limited_per_owner_with_retry_after(keyed_stack: Stack, world: World) -> None:
+    from app.db import Job, session_scope
+
+    as_erin = bearer("erin-key")
+    env = {"MEMAUDIT_API_KEYS": API_KEYS + ",erin:erin-key", "MEMAUDIT_MAX_ACTIVE_JOBS": "2",
+           "MEMAUDIT_JOB_RATE_LIMIT": "0"}  # fmt: skip
+    body = tiny_job({"builtin": "digits"}, epochs=500)
+    with environment(env):
+        first, second = (keyed_stack.client.post("/jobs", json=body, headers=as_erin) for _ in range(2))
+        assert (first.status_code, second.status_code) == (202, 202)
+        third = keyed_stack.client.post("/jobs", json=body, headers=as_erin)
+        assert third.status_code == 429, third.text
+        assert int(third.headers["Retry-After"]) >= 1
+        message = third.json()["detail"][0]["msg"]
+        assert "at most 2 active jobs per owner (MEMAUDIT_MAX_ACTIVE_JOBS)" in message
+        with session_scope() as session:
+            assert session.scalar(select(func.count()).where(Job.owner == "erin")) == 2  # nothing written
+        bobs_job = keyed_stack.client.post("/jobs", json=body, headers=bearer(BOB))  # the limit is per owner
+        assert bobs_job.status_code == 202
+        keyed_stack.client.post(f"/jobs/{first.json()['id']}/cancel", headers=as_erin)
+        keyed_stack.wait_for_state(first.headers["Location"], states=("cancelled",), headers=as_erin)
+        fourth = keyed_stack.client.post("/jobs", json=body, headers=as_erin)  # a slot freed
+        assert fourth.status_code == 202, fourth.text
+        for job in (second, fourth):
+            keyed_stack.client.post(f"/jobs/{job.json()['id']}/cancel", headers=as_erin)
+        keyed_stack.client.post(f"/jobs/{bobs_job.json()['id']}/cancel", headers=bearer(BOB))

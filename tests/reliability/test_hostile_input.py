@@ -223,23 +223,25 @@ def escaping_paths(keyed_stack: Stack, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.mark.parametrize(
-    ("path_key", "words"),
+    ("path_key", "status", "words"),
     [
-        ("../../../../etc/passwd", ("outside the data root",)),
-        ("outside_abs", ("outside the data root",)),
-        ("secret_rel", ("outside the data root",)),
-        ("link.npy", ("outside the data root",)),
-        ("linkdir/secret.npy", ("outside the data root",)),
-        ("garbage.npz", ("not a readable .npz",)),
-        ("missing.npy", ("no file",)),
+        ("../../../../etc/passwd", 422, ("outside the data root",)),
+        ("outside_abs", 422, ("outside the data root",)),
+        ("secret_rel", 422, ("outside the data root",)),
+        ("link.npy", 422, ("outside the data root",)),
+        ("linkdir/secret.npy", 422, ("outside the data root",)),
+        ("garbage.npz", 422, ("not a readable .npz",)),
+        # a path that names no file is a reference to nothing, like an unknown dataset id (issue 10)
+        ("missing.npy", 404, ("no file",)),
     ],
 )
 def test_paths_escaping_the_data_root_or_bad_files_are_refused(
-    keyed_stack: Stack, escaping_paths: dict[str, str], unchanged: None, path_key: str, words: tuple[str, ...]
+    keyed_stack: Stack, escaping_paths: dict[str, str], unchanged: None, path_key: str, status: int,
+    words: tuple[str, ...],
 ) -> None:
     path = escaping_paths.get(path_key, path_key)
     response = keyed_stack.client.post("/jobs", json=tiny_job({"path": path}), headers=AS_ALICE)
-    _assert_refused(response, 422, words)
+    _assert_refused(response, status, words)
     assert response.json()["detail"][0]["loc"][:2] == ["dataset", "path"]
 
 
@@ -300,3 +302,103 @@ def test_torchscript_files_that_are_not_torchscript_are_422_and_never_unpickled(
     _assert_refused(response, 422, (name, "is not a TorchScript file"))
     assert response.json()["detail"][0]["loc"] == location
     assert not fake_torchscripts["canary"].exists(), "a pickle payload was executed"
+
+
+# ---- what one request may cost (OWASP API4): every refusal is a 422 naming the field and the limit ----
+
+DIGITS_TRAIN, DIGITS_TEST = {"builtin": "digits:train"}, {"builtin": "digits:test"}
+
+
+def _vae(**sections: dict[str, Any]) -> dict[str, Any]:
+    body = tiny_job({"builtin": "digits"})
+    for name, values in sections.items():
+        body[name] = {**body[name], **values}
+    return body
+
+
+def _mrgan(**fields: Any) -> dict[str, Any]:
+    return {"kind": "mrgan", "dataset": DIGITS_TRAIN, "heldout": DIGITS_TEST, "mrgan": fields}
+
+
+# (name, body, location, words the message must contain)
+COST_CORPUS: list[tuple[str, dict[str, Any], list[str], tuple[str, ...]]] = [
+    ("is_samples-1e9", _vae(audit={"is_samples": 10**9}), ["audit", "is_samples"],
+     ("MEMAUDIT_MAX_IS_SAMPLES",)),
+    ("hidden-1e8", _vae(model={"hidden": [10**8]}), ["model", "hidden", "0"], ("MEMAUDIT_MAX_MODEL_PARAMS",)),
+    ("params-of-two-wide-layers", _vae(model={"hidden": [10_000, 10_000]}), ["model", "hidden"],
+     ("parameters", "MEMAUDIT_MAX_MODEL_PARAMS")),
+    ("hidden-100-layers", _vae(model={"hidden": [8] * 100}), ["model", "hidden"], ("at most 32 layers",)),
+    ("epochs-1e9", _vae(training={"epochs": 10**9}), ["training", "epochs"], ("MEMAUDIT_MAX_EPOCHS",)),
+    ("batch_size-1e8", _vae(training={"batch_size": 10**8}), ["training", "batch_size"],
+     ("MEMAUDIT_MAX_BATCH_SIZE",)),
+    ("batch_size-over-n", _vae(training={"batch_size": 2000}), ["training", "batch_size"],
+     ("larger than the 1797 samples",)),
+    ("folds-1000-x-repeats-1000", _vae(audit={"folds": 1000, "repeats": 1000}), ["audit", "repeats"],
+     ("MEMAUDIT_MAX_FOLDS_X_REPEATS",)),
+    ("folds-100-x-repeats-100", _vae(audit={"folds": 100, "repeats": 100}), ["audit", "repeats"],
+     ("100 x 100 = 10000 models", "MEMAUDIT_MAX_FOLDS_X_REPEATS")),
+    ("n_generated-1e9", _vae(audit={"n_generated": 10**9}), ["audit", "n_generated"],
+     ("MEMAUDIT_MAX_GENERATED_SAMPLES",)),
+    ("is_chunk_bytes-2^50", _vae(audit={"is_chunk_bytes": 2**50}), ["audit", "is_chunk_bytes"], ("at most",)),
+    ("work-every-epoch-importance-sampled", _vae(
+        model={"hidden": [1024, 1024]}, training={"epochs": 10_000},
+        audit={"folds": 10, "repeats": 10, "is_samples": 4096, "eval_every": 1}), ["audit"],
+     ("FLOPs", "importance sampling", "MEMAUDIT_MAX_JOB_WORK")),
+    ("mrgan-steps-1e9", _mrgan(steps=10**9), ["mrgan", "steps"], ("MEMAUDIT_MAX_GAN_STEPS",)),
+    ("mrgan-batch-1e8", _mrgan(batch_size=10**8), ["mrgan", "batch_size"], ("MEMAUDIT_MAX_BATCH_SIZE",)),
+    ("mrgan-batch-over-n", _mrgan(batch_size=1500), ["mrgan", "batch_size"],
+     ("larger than the 1498 samples",)),
+    ("mrgan-n_generated-1e9", _mrgan(n_generated=10**9), ["mrgan", "n_generated"],
+     ("MEMAUDIT_MAX_GENERATED_SAMPLES",)),
+    ("mrgan-width-8192", _mrgan(width=8192), ["mrgan", "width"], ("parameters", "MEMAUDIT_MAX_MODEL_PARAMS")),
+    ("mrgan-work", _mrgan(steps=200_000, batch_size=1024, max_redraws=1000, taus=[0.1] * 64), ["mrgan"],
+     ("FLOPs", "gan training", "MEMAUDIT_MAX_JOB_WORK")),
+    ("copy-test-n_generated-1e9", {"kind": "copy_test", "dataset": DIGITS_TRAIN, "heldout": DIGITS_TEST,
+                                   "generated": DIGITS_TEST, "copy_test": {"n_generated": 10**9}},
+     ["copy_test", "n_generated"], ("MEMAUDIT_MAX_GENERATED_SAMPLES",)),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "location", "words"), COST_CORPUS, ids=[c[0] for c in COST_CORPUS]
+)
+def test_requests_over_a_resource_limit_are_422_naming_field_and_limit(
+    keyed_stack: Stack, unchanged: None, name: str, body: dict[str, Any], location: list[str],
+    words: tuple[str, ...],
+) -> None:
+    response = keyed_stack.client.post("/jobs", json=body, headers=AS_ALICE)
+    _assert_refused(response, 422, words)
+    assert response.json()["detail"][0]["loc"] == location
+
+
+# ---- webhooks cannot be aimed inside (OWASP API7, SSRF) ----
+
+SSRF_CORPUS = [
+    ("http://169.254.169.254/latest/meta-data/", "link-local"),
+    ("http://127.0.0.1:8000/hook", "loopback"),
+    ("http://localhost/hook", "loopback"),  # a name resolving to loopback
+    ("http://10.1.2.3/hook", "private"),
+    ("http://172.16.0.1/hook", "private"),
+    ("http://192.168.1.1/hook", "private"),
+    ("http://100.64.0.1/hook", "shared"),
+    ("http://0.0.0.0/hook", "unspecified"),
+    ("http://224.0.0.1/hook", "multicast"),
+    ("http://240.0.0.1/hook", "reserved"),
+    ("http://[::1]/hook", "loopback"),
+    ("http://[fe80::1]/hook", "link-local"),
+    ("http://[fc00::1]/hook", "private"),
+    ("http://[ff02::1]/hook", "multicast"),
+    ("http://[::]/hook", "unspecified"),
+    ("http://[::ffff:169.254.169.254]/hook", "link-local"),  # IPv4-mapped IPv6
+    ("http://[64:ff9b::a00:1]/hook", "private"),  # NAT64 of 10.0.0.1
+]
+
+
+@pytest.mark.parametrize(("url", "kind"), SSRF_CORPUS, ids=[url for url, _ in SSRF_CORPUS])
+def test_webhooks_aimed_inside_are_refused_at_submit(
+    keyed_stack: Stack, unchanged: None, url: str, kind: str
+) -> None:
+    body = {**tiny_job({"builtin": "digits"}), "webhook_url": url}
+    response = keyed_stack.client.post("/jobs", json=body, headers=AS_ALICE)
+    _assert_refused(response, 422, (kind, "MEMAUDIT_WEBHOOK_ALLOW_PRIVATE"))
+    assert response.json()["detail"][0]["loc"] == ["webhook_url"]

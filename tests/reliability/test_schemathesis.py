@@ -1,132 +1,121 @@
-"""schemathesis against the app's own OpenAPI schema: at least 1000 generated requests (valid and
-invalid), zero 5xx, and every response conforms to the schema (status code documented, body matches
-its declared model, content type and headers as declared).
+"""schemathesis as a new user runs it: ``schemathesis run …/openapi.json --checks all`` against a live
+server (``memaudit serve --no-worker``: uvicorn, the embedded SQLite database and broker, API keys), every
+phase (examples, coverage, fuzzing, stateful). Zero failures of any kind, and at least MIN_CASES cases.
 
-In-process ASGI app on the embedded SQLite database (migrated by Alembic), with API keys configured
-and a valid key sent, so the generated requests reach the handlers instead of stopping at 401. A
-dataset and a finished job exist, so their ids appear among the generated path parameters' examples.
+What the schema cannot say, what an .npy / .npz upload holds, is given to schemathesis the way its docs
+prescribe (media-type strategies in tests/reliability/schemathesis_hooks.py), never as an exclusion. A
+finished job exists, so the stateful phase reaches real rows through the schema's links (GET /scores
+names its job and samples; POST /jobs links to the routes that read the job it created).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
-from schemathesis import GenerationMode
-from schemathesis.checks import (
-    content_type_conformance,
-    not_a_server_error,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from tests.service.conftest import ALICE, API_KEYS, bearer
-from tests.service.harness import environment
+from tests.service.harness import REPO, environment, wait_for_http
 from tests.service.jobdata import digits_subset, npz_bytes, tiny_job
 
-pytestmark = pytest.mark.timeout(300)
-EXAMPLES_PER_OPERATION = 80
+pytestmark = pytest.mark.timeout(420)
 MIN_CASES = 1000
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-    response_headers_conformance,
-]
+# Fixed in CI (about 1700 cases, 35-90 s on 2 cores); set these to explore further.
+MAX_EXAMPLES = int(os.environ.get("MEMAUDIT_SCHEMATHESIS_MAX_EXAMPLES", "40"))  # per operation and phase
+SEED = int(os.environ.get("MEMAUDIT_SCHEMATHESIS_SEED", "20261123"))
 
 
-@pytest.fixture(scope="module")
-def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, str]]]:
-    from app.api.main import create_app
-    from app.migrate import upgrade_to_head
-
-    tmp: Path = tmp_path_factory.mktemp("schemathesis")
-    database = f"sqlite:///{tmp / 'memaudit.db'}"
-    env = {
-        "MEMAUDIT_DATA_DIR": str(tmp / "data"),
-        "MEMAUDIT_DATABASE_URL": database,
-        "MEMAUDIT_BROKER_URL": f"sqla+sqlite:///{tmp / 'broker.db'}",
-        "MEMAUDIT_API_KEYS": API_KEYS,
-        "MEMAUDIT_DATA_ROOT": str(tmp),
-        "MEMAUDIT_JOB_RATE_LIMIT": "0",
-    }
-    with environment(env):
-        upgrade_to_head(database)
-        app = create_app()
-        yield schemathesis.openapi.from_asgi("/openapi.json", app), _finished_job(app)
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
-def _finished_job(app: Any) -> dict[str, str]:
+def _finished_job(env: dict[str, str]) -> str:
     """A dataset and a job run to success in-process (the worker's functions, called directly)."""
     from fastapi.testclient import TestClient
 
+    from app.api.main import create_app
+    from app.migrate import upgrade_to_head
     from workers import runner
 
-    with TestClient(app) as client:
-        upload = client.post(
-            "/datasets", files={"file": ("d.npz", npz_bytes(digits_subset(30)))}, headers=bearer(ALICE)
-        )
-        dataset_id = upload.json()["id"]
-        job_id = client.post(
-            "/jobs", json=tiny_job({"id": dataset_id}, epochs=1), headers=bearer(ALICE)
-        ).json()["id"]
-    runner.plan_job(job_id)
-    for index in range(3):
-        runner.run_unit(job_id, index)
-    runner.finish_job(job_id)
-    return {"job_id": job_id, "dataset_id": dataset_id}
+    with environment(env):
+        upgrade_to_head(env["MEMAUDIT_DATABASE_URL"])
+        with TestClient(create_app()) as client:
+            upload = client.post("/datasets", files={"file": ("d.npz", npz_bytes(digits_subset(30)))},
+                                 headers=bearer(ALICE))  # fmt: skip
+            body = tiny_job({"id": upload.json()["id"]}, epochs=1, batch_size=16)  # <= the 30 samples
+            job_id: str = client.post("/jobs", json=body, headers=bearer(ALICE)).json()["id"]
+        runner.plan_job(job_id)
+        for index in range(3):
+            runner.run_unit(job_id, index)
+        runner.finish_job(job_id)
+    return job_id
 
 
-def _fuzz(operation: Any, known: dict[str, str], outcomes: Counter[str], failures: dict[str, str]) -> None:
-    label = f"{operation.method.upper()} {operation.path}"
-    strategies = [
-        operation.as_strategy(GenerationMode.POSITIVE, headers=bearer(ALICE)),
-        operation.as_strategy(GenerationMode.NEGATIVE, headers=bearer(ALICE)),
-    ]
-    existing = {name: value for name, value in known.items() if f"{{{name}}}" in operation.path}
-    if existing:  # also aim at rows that exist, so handlers run past their 404
-        strategies.append(
-            operation.as_strategy(GenerationMode.POSITIVE, headers=bearer(ALICE), path_parameters=existing)
-        )
-    strategy = st.one_of(*strategies)
-
-    @given(case=strategy)
-    @settings(
-        max_examples=EXAMPLES_PER_OPERATION,
-        deadline=None,
-        database=None,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
-    def exercise(case: Any) -> None:
-        response = case.call(headers=bearer(ALICE))
-        outcomes[f"{label} -> {response.status_code}"] += 1
-        outcomes["total"] += 1
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+    tmp = tmp_path_factory.mktemp("schemathesis")
+    for folder in ("root", "data"):
+        (tmp / folder).mkdir()
+    port = _free_port()
+    env = {
+        "MEMAUDIT_DATA_DIR": str(tmp / "data"),
+        "MEMAUDIT_DATABASE_URL": f"sqlite:///{tmp / 'data' / 'memaudit.db'}",
+        "MEMAUDIT_BROKER_URL": f"sqla+sqlite:///{tmp / 'data' / 'broker.db'}",
+        "MEMAUDIT_API_KEYS": API_KEYS,
+        "MEMAUDIT_DATA_ROOT": str(tmp / "root"),
+        "MEMAUDIT_PORT": str(port),
+        "MEMAUDIT_WORKER_DEVICE": "cpu",
+    }
+    job_id = _finished_job(env)
+    log = (tmp / "server.log").open("wb")
+    server = subprocess.Popen([sys.executable, "-m", "app", "serve", "--no-worker"], cwd=REPO,
+                              env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(url + "/health", timeout_s=60)
+        yield url, job_id, tmp
+    finally:
+        server.send_signal(signal.SIGTERM)
         try:
-            case.validate_response(response, checks=CHECKS, headers=bearer(ALICE))
-        except (AssertionError, BaseExceptionGroup) as failure:  # collect all; shrinking costs minutes
-            failures.setdefault(f"{label} {response.status_code}", str(failure)[:1500])
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+        log.close()
 
-    exercise()
 
-
-def test_generated_requests_never_5xx_and_conform_to_the_schema(
-    api_schema: tuple[Any, dict[str, str]],
-) -> None:
-    schema, known = api_schema
-    outcomes: Counter[str] = Counter()
-    failures: dict[str, str] = {}
-    for result in schema.get_all_operations():
-        _fuzz(result.ok(), known, outcomes, failures)
-    print("schemathesis outcomes:", dict(sorted(outcomes.items())))  # the figure in docs/reliability.md
-    assert outcomes["total"] >= MIN_CASES, outcomes
-    assert not any(key.endswith(("-> 500", "-> 502", "-> 503")) for key in outcomes), outcomes
-    assert not failures, "\n\n".join(f"{key}:\n{text}" for key, text in failures.items())
+def test_schemathesis_all_checks_on_a_live_server_find_nothing(live_server: tuple[str, str, Path]) -> None:
+    url, _, tmp = live_server
+    command = [
+        sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json", "--checks", "all",
+        "--header", f"Authorization: Bearer {ALICE}",
+        "--workers", "1",  # hypothesis parses lambda sources with ast; CPython 3.11 breaks on it in threads
+        "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED), "--no-color",
+    ]  # fmt: skip
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.reliability.schemathesis_hooks",
+           "PYTHONPATH": str(REPO)}  # fmt: skip
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=400)
+    seconds = time.monotonic() - started
+    output = result.stdout + result.stderr
+    counted = re.search(r"(\d+) generated", output)
+    cases = int(counted.group(1)) if counted else 0
+    print(
+        f"schemathesis: {cases} cases in {seconds:.0f} s (seed {SEED})"
+    )  # the figure in docs/reliability.md
+    assert result.returncode == 0, output[-12000:]
+    assert cases >= MIN_CASES, output[-3000:]
+    assert re.search(r"Test Phases:\s+✅ Examples\s+✅ Coverage\s+✅ Fuzzing\s+✅ Stateful", output), output[
+        -3000:
+    ]

@@ -28,10 +28,11 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def tiny_job(dataset: dict[str, str], epochs: int = 2, **audit: Any) -> dict[str, Any]:
+def tiny_job(dataset: dict[str, str], epochs: int = 2, batch_size: int = 32, **audit: Any) -> dict[str, Any]:
+    """A small VAE audit; ``batch_size`` must not exceed the dataset's size (MEMAUDIT limits)."""
     return {
         "dataset": dataset,
         "model": {"arch": "mlp", "hidden": [32], "latent": 4, "likelihood": "bernoulli"},
-        "training": {"epochs": epochs, "lr": 1e-3, "batch_size": 32},
+        "training": {"epochs": epochs, "lr": 1e-3, "batch_size": batch_size},
         "audit": {"folds": 3, "repeats": 2, "is_samples": 8, "seed": 7, "models_per_unit": 2, **audit},
     }

@@ -65,12 +65,12 @@ def _gaussian(job: dict[str, Any]) -> dict[str, Any]:
 def test_post_jobs_on_an_upload_never_reads_its_file(app_env: tuple[TestClient, Path, str]) -> None:
     client, uploads, _ = app_env
     train = _upload_then_garble(client, uploads, "train.npz", npz_bytes(digits_subset(12)))
-    accepted = client.post("/jobs", json=_gaussian(tiny_job({"id": train})))
+    accepted = client.post("/jobs", json=_gaussian(tiny_job({"id": train}, batch_size=8)))
     assert accepted.status_code == 202, accepted.text
     job = client.get(accepted.headers["Location"]).json()
     assert job["n_samples"] == 12 and job["image_shape"] == [1, 8, 8]
 
-    too_many_folds = client.post("/jobs", json=tiny_job({"id": train}, folds=13))
+    too_many_folds = client.post("/jobs", json=tiny_job({"id": train}, batch_size=8, folds=13))
     assert _refusal(too_many_folds) == (["audit", "folds"], "K=13 exceeds the 12 samples of the dataset")
 
 
@@ -78,12 +78,14 @@ def test_likelihood_and_heldout_refusals_come_from_the_facts(app_env: tuple[Test
     client, uploads, _ = app_env
     not_8bit = (digits_subset(10, offset=40) / 255.0 + 1e-2).clip(0, 1).astype(np.float32)
     float_id = _upload_then_garble(client, uploads, "float.npy", npy_bytes(not_8bit))
-    loc, message = _refusal(client.post("/jobs", json=_gaussian(tiny_job({"id": float_id}))))
+    loc, message = _refusal(client.post("/jobs", json=_gaussian(tiny_job({"id": float_id}, batch_size=8))))
     assert loc == ["dataset"] and "float pixels are not multiples of 1/255" in message
-    assert client.post("/jobs", json=tiny_job({"id": float_id})).status_code == 202  # bernoulli takes it
+    bernoulli = client.post("/jobs", json=tiny_job({"id": float_id}, batch_size=8))
+    assert bernoulli.status_code == 202  # bernoulli takes it
 
     rgb = _upload_then_garble(client, uploads, "rgb.npy", npy_bytes(np.zeros((6, 8, 8, 3), np.uint8)))
-    mismatched = client.post("/jobs", json={**tiny_job({"id": float_id}), "heldout": {"id": rgb}})
+    mismatched = client.post("/jobs", json={**tiny_job({"id": float_id}, batch_size=8),
+                                            "heldout": {"id": rgb}})  # fmt: skip
     assert _refusal(mismatched) == (["heldout"], "images are [3, 8, 8], the training set's are [1, 8, 8]")
 
 
@@ -109,7 +111,8 @@ def test_rows_from_before_0002_are_scanned_once(app_env: tuple[TestClient, Path,
     engine = create_engine(database)
     with engine.begin() as connection:  # what revision 0002 leaves for a float upload it cannot scan
         connection.execute(text("UPDATE datasets SET is_8bit = NULL WHERE id = :id"), {"id": upload["id"]})
-    assert client.post("/jobs", json=_gaussian(tiny_job({"id": upload["id"]}))).status_code == 202
+    accepted = client.post("/jobs", json=_gaussian(tiny_job({"id": upload["id"]}, batch_size=8)))
+    assert accepted.status_code == 202
     with engine.connect() as connection:
         flag = connection.execute(text("SELECT is_8bit FROM datasets WHERE id = :id"), {"id": upload["id"]})
         assert flag.scalar_one() in (True, 1)

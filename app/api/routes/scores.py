@@ -27,7 +27,9 @@ def top_scores(
 ) -> TopScores:
     if top > settings.max_top:
         raise Invalid("top", f"at most {settings.max_top}; page through /jobs/{{id}}/scores for more")
-    job = job_service.get_job(session, owner, job_id) if job_id else service.latest_scored_job(session, owner)
+    # job_id="" names no job (404); only an absent job_id means "the latest finished one"
+    job = job_service.get_job(session, owner, job_id) if job_id is not None else service.latest_scored_job(
+        session, owner)  # fmt: skip
     rows = service.top_scores(session, job.id, top)
     return TopScores(job_id=job.id, provisional=job.scores_provisional, items=[score_out(r) for r in rows])
 
