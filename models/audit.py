@@ -17,6 +17,7 @@ import torch
 from models.config import AuditConfig, ModelConfig, TrainConfig
 from models.folds import Scores, combine, fold_assignment, fold_sizes
 from models.likelihoods import NEEDS_NOISE, represent
+from models.networks import count_parameters, crop_images, model_input_shape, pad_images
 from models.noise import Purpose, blocked_noise
 from models.results import UnitResult, load_unit, save_unit
 from models.training import Cancelled, FitContext, ProgressEvent, StackOutcome, fit_stack
@@ -79,6 +80,10 @@ def _fixed_representation(images: torch.Tensor, likelihood: str, seed: int, inde
     return represent(images, noise, likelihood)
 
 
+def _image_shape(images: np.ndarray) -> tuple[int, int, int]:
+    return int(images.shape[1]), int(images.shape[2]), int(images.shape[3])
+
+
 def _context(
     images: np.ndarray,
     model_cfg: ModelConfig,
@@ -88,12 +93,14 @@ def _context(
     heldout: np.ndarray | None,
 ) -> FitContext:
     n, seed, latent = images.shape[0], audit_cfg.seed, model_cfg.latent
-    data = torch.as_tensor(images, dtype=torch.get_default_dtype(), device=device)
-    external = (
-        None
-        if heldout is None
-        else torch.as_tensor(heldout, dtype=torch.get_default_dtype(), device=device)
-    )
+    _, height, width = model_input_shape(model_cfg, _image_shape(images))
+
+    def on_device(array: np.ndarray) -> torch.Tensor:  # padded to the model's input (pad_to)
+        tensor = torch.as_tensor(array, dtype=torch.get_default_dtype(), device=device)
+        return pad_images(tensor, height, width)
+
+    data = on_device(images)
+    external = None if heldout is None else on_device(heldout)
     return FitContext(
         model_cfg=model_cfg,
         train_cfg=train_cfg,
@@ -150,7 +157,7 @@ def train_unit(
             outcomes = [fit_stack(ctx, ids, batched=True)]
         else:
             outcomes = [fit_stack(ctx, [m], batched=False) for m in ids]
-    return _unit_result(outcomes, ctx, model_cfg, train_cfg, audit_cfg, device)
+    return _unit_result(outcomes, ctx, model_cfg, train_cfg, audit_cfg, device, _image_shape(images))
 
 
 class _deterministic:
@@ -176,9 +183,14 @@ def _unit_result(
     train_cfg: TrainConfig,
     audit_cfg: AuditConfig,
     device: torch.device,
+    image_shape: tuple[int, int, int],
 ) -> UnitResult:
     def cat(name: str, axis: int = 0) -> np.ndarray:
         return np.concatenate([getattr(o, name) for o in outcomes], axis=axis)
+
+    samples = None
+    if outcomes[0].samples is not None:  # generated on the model's canvas; back to the images' size
+        samples = crop_images(torch.from_numpy(cat("samples")), *image_shape[1:]).contiguous().numpy()
 
     train_s = sum(o.train_seconds for o in outcomes)
     is_s = sum(o.is_seconds for o in outcomes)
@@ -193,7 +205,7 @@ def _unit_result(
         train_loss=cat("train_loss"),
         heldout_loss=cat("heldout_loss"),
         external_loss=None if outcomes[0].external_loss is None else cat("external_loss"),
-        samples=None if outcomes[0].samples is None else cat("samples"),
+        samples=samples,
         timings={
             "train_seconds": train_s,
             "is_seconds": is_s,
@@ -202,6 +214,7 @@ def _unit_result(
             "decoder_passes_per_second": passes / is_s if is_s > 0 else 0.0,
         },
         device=str(device),
+        model_parameters=count_parameters(model_cfg, image_shape),
         model_config=model_cfg.to_dict(),
         train_config=train_cfg.to_dict(),
         audit_config=audit_cfg.to_dict(),
@@ -223,6 +236,7 @@ class AuditResult:
     timings: dict[str, float]
     device: str
     config: dict[str, dict[str, object]] = field(default_factory=dict)
+    model_parameters: int | None = None  # learned parameters of one fold model
 
 
 def m_quantiles(scores: Scores) -> np.ndarray:
@@ -312,6 +326,7 @@ def assemble(
         samples=samples,
         timings=_total_timings(results, wall),
         device=results[0].device,
+        model_parameters=results[0].model_parameters,
         config={
             "model": results[0].model_config,
             "train": results[0].train_config,

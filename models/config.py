@@ -66,6 +66,7 @@ class ModelConfig(_JsonConfig):
     latent: int = 16
     likelihood: Likelihood = "bernoulli"
     base_filters: int = 32  # conv only: filters of the first DCGAN stage, doubled per stage
+    pad_to: int | None = None  # zero-pad the data, centred, to pad_to x pad_to (paper: MNIST 28 -> 32)
 
     def __post_init__(self) -> None:
         _require_choice(self.arch, "arch", ARCHS)
@@ -82,6 +83,11 @@ class ModelConfig(_JsonConfig):
             _is_int(self.base_filters) and 1 <= self.base_filters <= 1024,
             "base_filters",
             "must be an integer in 1..1024",
+        )
+        _require(
+            self.pad_to is None or (_is_int(self.pad_to) and 1 <= self.pad_to <= 1024),
+            "pad_to",
+            "must be empty or an integer in 1..1024",
         )
 
 

@@ -49,8 +49,9 @@ def _assert_same(a: AuditResult, b: AuditResult, atol: float) -> None:
         ModelConfig(hidden=(32,), latent=3, likelihood="gaussian_const"),
         ModelConfig(arch="conv", base_filters=4, latent=4, likelihood="gaussian_diag"),
         ModelConfig(arch="conv", base_filters=4, latent=4, likelihood="logistic"),
+        ModelConfig(arch="conv", base_filters=4, latent=3, likelihood="gaussian_const", pad_to=16),
     ],
-    ids=["mlp-bernoulli", "mlp-gaussian-const", "conv-gaussian-diag", "conv-logistic"],
+    ids=["mlp-bernoulli", "mlp-gaussian-const", "conv-gaussian-diag", "conv-logistic", "conv-const-pad16"],
 )
 def test_batched_equals_sequential_in_float64(
     float64: None, digits: np.ndarray, model_cfg: ModelConfig
