@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.audit import run_audit
+from models.audit import AuditResult, run_audit
 from models.config import AuditConfig, ModelConfig, TrainConfig
-from tests.science.planted import planted_digits
+from tests.science.planted import PlantedDigits, planted_digits
 
 
-@pytest.mark.slow
-def test_planted_images_rank_in_the_top_five_percent_and_duplicates_do_not() -> None:
+@pytest.fixture(scope="module")
+def planted() -> tuple[PlantedDigits, AuditResult]:
     data = planted_digits(n_base=600, n_planted=6, copies=30, seed=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is faster, and immune to a busy machine
@@ -33,6 +33,14 @@ def test_planted_images_rank_in_the_top_five_percent_and_duplicates_do_not() -> 
         )
     finally:
         torch.set_num_threads(threads)
+    return data, result
+
+
+@pytest.mark.slow
+def test_planted_images_rank_in_the_top_five_percent_and_duplicates_do_not(
+    planted: tuple[PlantedDigits, AuditResult],
+) -> None:
+    data, result = planted
     scores = result.scores.M
     threshold = np.quantile(scores, 0.95)  # "highly memorized" (SPEC §1 step 5)
     assert np.all(scores[data.planted] > threshold)
@@ -41,3 +49,13 @@ def test_planted_images_rank_in_the_top_five_percent_and_duplicates_do_not() -> 
     assert np.median(scores[data.duplicated]) < threshold
     # the ordinary digits the planted images were made from are not singled out either
     assert np.mean(scores[data.sources] > threshold) <= 1 / 3
+
+
+@pytest.mark.slow
+def test_planted_images_are_confidently_memorized_and_typical_ones_mostly_not(
+    planted: tuple[PlantedDigits, AuditResult],
+) -> None:
+    data, result = planted
+    print("confident", result.n_confident, np.flatnonzero(result.confident))
+    print("planted lo", result.score_lo[data.planted], "thr", result.quantiles["0.95"])
+    print("dup confident", result.confident[data.duplicated].sum())
