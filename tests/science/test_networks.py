@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -11,14 +9,6 @@ from models.config import ModelConfig
 from models.ensemble import StackedConvVAE, StackedMLPVAE, stack_models
 from models.likelihoods import MIN_LOG_VAR, decoder_log_prob
 from models.networks import MLPVAE, ConvVAE, build_vae, conv_geometry, count_parameters
-
-
-@pytest.fixture
-def float64() -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 @pytest.mark.parametrize(

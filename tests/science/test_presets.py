@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import torch
 
 from models.audit import run_audit
 from models.config import (
@@ -18,14 +15,6 @@ from models.config import (
     configs_from_preset,
 )
 from models.networks import count_parameters
-
-
-@pytest.fixture
-def float64() -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 def test_presets_are_the_papers_settings() -> None:
