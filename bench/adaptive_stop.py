@@ -6,6 +6,7 @@ the same models), and one in-process run with ``stop_when_stable`` to confirm it
 repetitions and gives the same scores. Results are recorded in docs/science.md.
 
     PYTHONPATH=. .venv/bin/python bench/adaptive_stop.py --epochs 50 --repeats 10 --stop 0.8
+    PYTHONPATH=. .venv/bin/python bench/adaptive_stop.py --n-samples 500 --epochs 200 --stop 0.8
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> int:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.7, 0.8, 0.9, 0.95])
     parser.add_argument("--stop", type=float, default=0.8, help="threshold of the confirming early-stop run")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--n-samples", type=int, default=1797, help="the first N digits")
     args = parser.parse_args()
 
     import torch
@@ -39,7 +41,7 @@ def main() -> int:
     from models.uncertainty import stop_point, top_k
 
     torch.set_num_threads(args.threads)
-    images = (load_digits().images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8)
+    images = (load_digits().images[: args.n_samples] / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
     model_cfg = ModelConfig(hidden=(512, 256), latent=16, likelihood="bernoulli")
     train_cfg = TrainConfig(epochs=args.epochs)
 
