@@ -9,17 +9,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from models.assembly import AuditResult, assemble, sample_images
 from models.config import AuditConfig, ModelConfig, TrainConfig
 from models.folds import Scores, combine, fold_assignment, fold_sizes
 from models.likelihoods import NEEDS_NOISE, represent
+from models.networks import count_parameters, crop_images, model_input_shape, pad_images
 from models.noise import Purpose, blocked_noise
 from models.results import UnitResult, load_unit, save_unit
 from models.training import Cancelled, FitContext, ProgressEvent, StackOutcome, fit_stack
+from models.uncertainty import Uncertainty, stable_repetitions
 from models.units import default_budget_bytes, plan_units, resolve_device
 
 __all__ = [
@@ -27,7 +29,9 @@ __all__ = [
     "Cancelled",
     "ProgressEvent",
     "Scores",
+    "Uncertainty",
     "UnitResult",
+    "assemble",
     "combine",
     "fold_assignment",
     "load_unit",
@@ -38,9 +42,6 @@ __all__ = [
     "save_unit",
     "train_unit",
 ]
-
-QUANTILES = (0.5, 0.95, 0.999)
-
 
 def _check_images(images: np.ndarray, name: str) -> None:
     if images.ndim != 4:
@@ -58,10 +59,13 @@ def eval_epochs(epochs: int, eval_every: int | None) -> list[int]:
 
 
 def generated_per_model(audit_cfg: AuditConfig, heldout: np.ndarray | None) -> int:
+    """Images each fold model generates: enough for `n_generated` from all K*L models, or, with the
+    adaptive stop (which may keep only some repetitions), from the K models of any one repetition."""
     wanted = audit_cfg.n_generated
     if wanted is None:
         wanted = 0 if heldout is None else len(heldout)
-    return math.ceil(wanted / audit_cfg.n_models)
+    sources = audit_cfg.folds if audit_cfg.stop_when_stable is not None else audit_cfg.n_models
+    return math.ceil(wanted / sources)
 
 
 def _fixed_representation(images: torch.Tensor, likelihood: str, seed: int, index: int) -> torch.Tensor:
@@ -79,6 +83,10 @@ def _fixed_representation(images: torch.Tensor, likelihood: str, seed: int, inde
     return represent(images, noise, likelihood)
 
 
+def _image_shape(images: np.ndarray) -> tuple[int, int, int]:
+    return int(images.shape[1]), int(images.shape[2]), int(images.shape[3])
+
+
 def _context(
     images: np.ndarray,
     model_cfg: ModelConfig,
@@ -88,12 +96,14 @@ def _context(
     heldout: np.ndarray | None,
 ) -> FitContext:
     n, seed, latent = images.shape[0], audit_cfg.seed, model_cfg.latent
-    data = torch.as_tensor(images, dtype=torch.get_default_dtype(), device=device)
-    external = (
-        None
-        if heldout is None
-        else torch.as_tensor(heldout, dtype=torch.get_default_dtype(), device=device)
-    )
+    _, height, width = model_input_shape(model_cfg, _image_shape(images))
+
+    def on_device(array: np.ndarray) -> torch.Tensor:  # padded to the model's input (pad_to)
+        tensor = torch.as_tensor(array, dtype=torch.get_default_dtype(), device=device)
+        return pad_images(tensor, height, width)
+
+    data = on_device(images)
+    external = None if heldout is None else on_device(heldout)
     return FitContext(
         model_cfg=model_cfg,
         train_cfg=train_cfg,
@@ -150,7 +160,7 @@ def train_unit(
             outcomes = [fit_stack(ctx, ids, batched=True)]
         else:
             outcomes = [fit_stack(ctx, [m], batched=False) for m in ids]
-    return _unit_result(outcomes, ctx, model_cfg, train_cfg, audit_cfg, device)
+    return _unit_result(outcomes, ctx, model_cfg, train_cfg, audit_cfg, device, _image_shape(images))
 
 
 class _deterministic:
@@ -176,9 +186,14 @@ def _unit_result(
     train_cfg: TrainConfig,
     audit_cfg: AuditConfig,
     device: torch.device,
+    image_shape: tuple[int, int, int],
 ) -> UnitResult:
     def cat(name: str, axis: int = 0) -> np.ndarray:
         return np.concatenate([getattr(o, name) for o in outcomes], axis=axis)
+
+    samples = None
+    if outcomes[0].samples is not None:  # generated on the model's canvas; back to the images' size
+        samples = crop_images(torch.from_numpy(cat("samples")), *image_shape[1:]).contiguous().numpy()
 
     train_s = sum(o.train_seconds for o in outcomes)
     is_s = sum(o.is_seconds for o in outcomes)
@@ -193,7 +208,7 @@ def _unit_result(
         train_loss=cat("train_loss"),
         heldout_loss=cat("heldout_loss"),
         external_loss=None if outcomes[0].external_loss is None else cat("external_loss"),
-        samples=None if outcomes[0].samples is None else cat("samples"),
+        samples=samples,
         timings={
             "train_seconds": train_s,
             "is_seconds": is_s,
@@ -202,40 +217,11 @@ def _unit_result(
             "decoder_passes_per_second": passes / is_s if is_s > 0 else 0.0,
         },
         device=str(device),
+        model_parameters=count_parameters(model_cfg, image_shape),
         model_config=model_cfg.to_dict(),
         train_config=train_cfg.to_dict(),
         audit_config=audit_cfg.to_dict(),
     )
-
-
-@dataclass
-class AuditResult:
-    scores: Scores
-    folds_of: np.ndarray  # (L, N)
-    model_ids: np.ndarray  # (K*L,) sorted
-    loglik: np.ndarray  # (K*L, N)
-    quantiles: dict[str, float]  # of M at the final epoch, keys "0.5", "0.95", "0.999"
-    eval_epochs: np.ndarray  # (E,) empty without eval_every
-    epoch_quantiles: np.ndarray  # (E, 3) quantiles of M after each evaluated epoch
-    train_loss: np.ndarray  # (K*L, epochs)
-    heldout_loss: np.ndarray  # (K*L, epochs) -ELBO on each model's held-out fold
-    samples: np.ndarray | None  # (n_generated, C, H, W), see sample_images
-    timings: dict[str, float]
-    device: str
-    config: dict[str, dict[str, object]] = field(default_factory=dict)
-
-
-def m_quantiles(scores: Scores) -> np.ndarray:
-    return np.nanquantile(scores.M, QUANTILES) if np.isfinite(scores.M).any() else np.full(3, np.nan)
-
-
-def sample_images(samples_per_model: np.ndarray, n: int) -> np.ndarray:
-    """n generated images pooled from all fold models, round-robin over the models (model-id order)
-    so every model contributes equally: (E, k, C, H, W) -> (n, C, H, W)."""
-    pooled = np.swapaxes(samples_per_model, 0, 1).reshape(-1, *samples_per_model.shape[2:])
-    if n > len(pooled):
-        raise ValueError(f"n_generated: asked for {n} images, the models generated {len(pooled)}")
-    return pooled[:n]
 
 
 def run_audit(
@@ -248,88 +234,45 @@ def run_audit(
     should_stop: Callable[[], bool] | None = None,
     heldout: np.ndarray | None = None,
 ) -> AuditResult:
-    """The whole audit in-process: every unit, then the combination."""
+    """The whole audit in-process: every unit, then the combination.
+
+    With ``stop_when_stable`` the units are trained repetition by repetition (a unit spanning two
+    repetitions is split at the boundary, which changes no model) and training stops as soon as the
+    ranking is stable (SPEC §7)."""
     device = resolve_device(audit_cfg.device)
     started = time.perf_counter()
     units = plan_units(model_cfg, audit_cfg, images.shape[0], tuple(images.shape[1:]), device)
-    results = [
-        train_unit(
-            images,
-            model_cfg,
-            train_cfg,
-            audit_cfg,
-            ids,
-            device=device,
-            progress=progress,
-            should_stop=should_stop,
-            heldout=heldout,
-        )
-        for ids in units
-    ]
+
+    def train(ids: Sequence[int]) -> UnitResult:
+        return train_unit(
+            images, model_cfg, train_cfg, audit_cfg, ids,
+            device=device, progress=progress, should_stop=should_stop, heldout=heldout,
+        )  # fmt: skip
+
+    if audit_cfg.stop_when_stable is None:
+        results = [train(ids) for ids in units]
+    else:
+        results = _train_until_stable(images.shape[0], audit_cfg, units, train)
     n_heldout = None if heldout is None else len(heldout)
     return assemble(results, images.shape[0], audit_cfg, n_heldout, time.perf_counter() - started)
 
 
-def assemble(
-    results: Sequence[UnitResult], n: int, audit_cfg: AuditConfig, n_heldout: int | None, wall: float
-) -> AuditResult:
-    """Combine finished units (any order) into the audit's result; `wall` is reported as wall_seconds.
-
-    Generated samples: `n_generated` of them, or n_heldout = |H| when unset; with neither, all pooled samples
-    (each model made ceil(|H| / (K*L)), so that is at least |H|)."""
-    order = np.argsort(np.concatenate([r.model_ids for r in results]))
-
-    def cat(name: str, axis: int = 0) -> np.ndarray:
-        return np.concatenate([getattr(r, name) for r in results], axis=axis)
-
-    model_ids, loglik = cat("model_ids")[order], cat("loglik")[order]
+def _train_until_stable(
+    n: int, audit_cfg: AuditConfig, units: list[list[int]], train: Callable[[Sequence[int]], UnitResult]
+) -> list[UnitResult]:
+    assert audit_cfg.stop_when_stable is not None
     folds_of = fold_assignment(n, audit_cfg.folds, audit_cfg.repeats, audit_cfg.seed)
-    scores = combine(folds_of, model_ids, loglik)
-    epochs = results[0].eval_epochs
-    epoch_q = np.empty((0, 3))
-    if results[0].epoch_loglik is not None:
-        per_epoch = cat("epoch_loglik", axis=1)[:, order]
-        epoch_q = np.stack([m_quantiles(combine(folds_of, model_ids, ll)) for ll in per_epoch])
-    samples = None
-    if results[0].samples is not None:
-        pooled = cat("samples")[order]
-        wanted = audit_cfg.n_generated
-        if wanted is None:  # |S| = |H|; without H at hand keep everything the models generated
-            wanted = pooled.shape[0] * pooled.shape[1] if n_heldout is None else n_heldout
-        samples = sample_images(pooled, wanted)
-    return AuditResult(
-        scores=scores,
-        folds_of=folds_of,
-        model_ids=model_ids,
-        loglik=loglik,
-        quantiles=dict(
-            zip((str(q) for q in QUANTILES), (float(v) for v in m_quantiles(scores)), strict=True)
-        ),
-        eval_epochs=epochs,
-        epoch_quantiles=epoch_q,
-        train_loss=cat("train_loss")[order],
-        heldout_loss=cat("heldout_loss")[order],
-        samples=samples,
-        timings=_total_timings(results, wall),
-        device=results[0].device,
-        config={
-            "model": results[0].model_config,
-            "train": results[0].train_config,
-            "audit": audit_cfg.to_dict(),
-        },
-    )
+    results: list[UnitResult] = []
+    for rep in range(audit_cfg.repeats):
+        first, last = rep * audit_cfg.folds, (rep + 1) * audit_cfg.folds
+        for unit in units:
+            ids = [m for m in unit if first <= m < last]
+            if ids:
+                results.append(train(ids))
+        model_ids = np.concatenate([r.model_ids for r in results])
+        loglik = np.concatenate([r.loglik for r in results])
+        if stable_repetitions(folds_of, model_ids, loglik, audit_cfg.stop_when_stable) is not None:
+            break
+    return results
 
 
-def _total_timings(results: Sequence[UnitResult], wall: float) -> dict[str, float]:
-    train_s = sum(r.timings["train_seconds"] for r in results)
-    is_s = sum(r.timings["is_seconds"] for r in results)
-    passes = sum(r.timings["decoder_passes_per_second"] * r.timings["is_seconds"] for r in results)
-    steps = sum(r.timings["model_steps"] for r in results)
-    step_ms = 1e3 * train_s / max(steps, 1.0)
-    return {
-        "wall_seconds": wall,
-        "train_seconds": train_s,
-        "is_seconds": is_s,
-        "per_model_step_ms": step_ms,
-        "decoder_passes_per_second": passes / is_s if is_s > 0 else 0.0,
-    }

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-from models.neighbours import Metric, Neighbours, nearest
+from models.neighbours import DEFAULT_BLOCK_BYTES, Metric, Neighbours, nearest
 
 REFERENCE_MIN_GENERATED = 20  # the reference keeps cells with more than 20 generated samples: tau = 20 / m
 REFERENCE_CELLS = 50
@@ -277,3 +277,83 @@ def copy_counts(train_size: int, generated_nn: Neighbours, threshold: float) -> 
     closest = torch.full((train_size,), float("inf"), dtype=distance.dtype, device=distance.device)
     closest = closest.scatter_reduce(0, index, distance, reduce="amin")
     return CopyCounts(threshold=threshold, count=count, closest=closest)
+
+
+# ------------------------------------------------------------------------------ SPEC §5 radius counts
+
+
+def _scaled_distance_bound(dims: int, dtype: torch.dtype) -> float:
+    """A bound on the rounding error of the matmul-based block distances, relative to their scale.
+
+    Each dot product of ``dims`` terms is off by at most ~dims * eps times the product of the norms
+    (any summation order); twice that, plus the two norms, covers ||q||^2 + ||r||^2 - 2 q.r, whose
+    scale is ||q||^2 + ||r||^2 (euclidean), or 1 - q.r for unit vectors (cosine, scale 1)."""
+    return 2.0 * (dims + 2) * torch.finfo(dtype).eps
+
+
+def within_tau_counts(
+    train: torch.Tensor,
+    generated: torch.Tensor,
+    taus: list[float] | tuple[float, ...],
+    *,
+    metric: Metric = "cosine",
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> torch.Tensor:
+    """SPEC §5 count_tau(i) = #{g : d(f(g), f(x_i)) <= tau} per training sample, for every tau.
+
+    A radius count over every training sample: a generated sample near two near-duplicate training
+    images counts for both (unlike ``copy_counts``, which credits only the nearest one). Features
+    train (N, F) and generated (m, F) on one device; returns (len(taus), N) int64. Distances come from
+    one matrix product per block (memory bounded by ``block_bytes`` like ``models.neighbours``); a pair
+    whose block distance lies within the rounding bound of a tau is decided by its exact float64 distance.
+    """
+    if train.shape[0] == 0 or generated.shape[0] == 0:
+        raise ValueError("within_tau_counts: the training and generated sets must not be empty")
+    raw_train, raw_gen = train.flatten(1), generated.flatten(1)
+    if raw_train.shape[1] != raw_gen.shape[1]:
+        dims = (raw_gen.shape[1], raw_train.shape[1])
+        raise ValueError(f"generated: features have {dims[0]} dimensions, the training set {dims[1]}")
+    if metric == "cosine":
+        refs, queries = (torch.nn.functional.normalize(x, dim=1) for x in (raw_train, raw_gen))
+    else:  # distances do not change under a shift; centring shrinks the norms and so the rounding
+        centre = raw_train.mean(0)
+        refs, queries = raw_train - centre, raw_gen - centre
+    bound = _scaled_distance_bound(refs.shape[1], refs.dtype)
+    thresholds = [t * t if metric == "euclidean" else t for t in taus]
+    n_refs, n_queries = refs.shape[0], queries.shape[0]
+    element = refs.element_size()
+    ref_block = max(1, min(n_refs, block_bytes // (element * max(1, min(n_queries, 4096)))))
+    query_block = max(1, min(n_queries, block_bytes // (element * ref_block)))
+    ref_sq = refs.pow(2).sum(1)  # (N,)
+    counts = torch.zeros((len(taus), n_refs), dtype=torch.int64, device=refs.device)
+    for q0 in range(0, n_queries, query_block):
+        q = queries[q0 : q0 + query_block]  # (q, F)
+        q_sq = q.pow(2).sum(1)[:, None]  # (q, 1)
+        for r0 in range(0, n_refs, ref_block):
+            r = refs[r0 : r0 + ref_block]  # (r, F)
+            product = q @ r.T  # (q, r)
+            if metric == "euclidean":
+                scale = q_sq + ref_sq[r0 : r0 + ref_block][None, :]
+                block = scale - 2.0 * product  # squared distances
+            else:
+                scale = torch.ones((), dtype=product.dtype, device=product.device)
+                block = 1.0 - product
+            margin = bound * scale
+            for t, (tau, threshold) in enumerate(zip(taus, thresholds, strict=True)):
+                counts[t, r0 : r0 + r.shape[0]] += (block <= threshold - margin).sum(0)
+                borderline = (block > threshold - margin) & (block <= threshold + margin)
+                rows, cols = torch.nonzero(borderline, as_tuple=True)
+                if rows.numel():
+                    exact = _exact_distance(raw_gen[q0 + rows], raw_train[r0 + cols], metric)
+                    inside = r0 + cols[exact <= tau]
+                    counts[t].index_add_(0, inside, torch.ones_like(inside))
+    return counts
+
+
+def _exact_distance(a: torch.Tensor, b: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """Row-wise distance in float64 from the raw vectors (the decision for borderline pairs)."""
+    a, b = a.double(), b.double()
+    if metric == "euclidean":
+        return (a - b).norm(dim=1)
+    cosine = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
+    return 1.0 - cosine

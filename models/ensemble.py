@@ -18,11 +18,8 @@ import torch
 from torch import nn
 
 from models.networks import (
-    KERNEL,
     LEAKY_SLOPE,
     MLPVAE,
-    PADDING,
-    STRIDE,
     VAE,
     ConvGeometry,
     ConvVAE,
@@ -140,14 +137,20 @@ def _grouped(kind: type[ConvKind], modules: Sequence[nn.Module]) -> ConvKind:
     grouped = kind(
         first.in_channels * groups,
         first.out_channels * groups,
-        KERNEL,
-        STRIDE,
-        PADDING,
+        first.kernel_size[0],  # square kernels, strides and paddings only
+        first.stride[0],
+        _int_padding(first),
         groups=groups,
         bias=first.bias is not None,
     )
     _copy_grouped(grouped, convs)
     return grouped
+
+
+def _int_padding(conv: nn.Conv2d | nn.ConvTranspose2d) -> int:
+    padding = conv.padding
+    assert not isinstance(padding, str)
+    return int(padding[0])
 
 
 def _copy_grouped(
@@ -178,7 +181,6 @@ class StackedConvVAE(ModelStack):
         self.geometry: ConvGeometry = first.geometry
         self.n_models, self.latent, self.planes = len(models), first.latent, first.planes
         self.decoder_floats = first.decoder_floats
-        self.top_channels = first.decoder_input_norm.num_features
 
         def grouped_norms(attr: str) -> nn.ModuleList:
             count = len(getattr(first, attr))
@@ -188,8 +190,9 @@ class StackedConvVAE(ModelStack):
             _grouped(nn.Conv2d, [m.encoder_convs[i] for m in models]) for i in range(len(first.encoder_convs))
         )
         self.encoder_norms = grouped_norms("encoder_norms")
-        self.encoder_head = StackedLinear([m.encoder_head for m in models])
-        self.decoder_input = StackedLinear([m.decoder_input for m in models])
+        self.encoder_mean = StackedLinear([m.encoder_mean for m in models])
+        self.encoder_log_var = StackedLinear([m.encoder_log_var for m in models])
+        self.decoder_input = _grouped(nn.ConvTranspose2d, [m.decoder_input for m in models])
         self.decoder_input_norm = _grouped_norm([m.decoder_input_norm for m in models])
         self.decoder_convs = nn.ModuleList(
             _grouped(nn.ConvTranspose2d, [m.decoder_convs[i] for m in models])
@@ -206,12 +209,12 @@ class StackedConvVAE(ModelStack):
             if i > 0:
                 h = self.encoder_norms[i - 1](h)
             h = nn.functional.leaky_relu(h, LEAKY_SLOPE)
-        h = h.reshape(b, e, -1).transpose(0, 1)  # (E, B, top*16)
-        return split_posterior(self.encoder_head(h), self.latent)
+        h = h.reshape(b, e, -1).transpose(0, 1)  # (E, B, top*2*2)
+        return self.encoder_mean(h), self.encoder_log_var(h)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         e, b = z.shape[:2]
-        h = self.decoder_input(z).transpose(0, 1).reshape(b, e * self.top_channels, 4, 4)
+        h = self.decoder_input(z.transpose(0, 1).reshape(b, e * self.latent, 1, 1))  # (B, E*top, 2, 2)
         h = torch.relu(self.decoder_input_norm(h))
         for i, conv in enumerate(self.decoder_convs):
             h = conv(h)

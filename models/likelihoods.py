@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 LOGIT_LAMBDA = 0.05
 MIN_LOG_VAR = -7.0  # SPEC §2: log-variance clamped at >= -7 (also used for the logistic log-scale)
+GAUSSIAN_CONST_INIT_LOG_VAR = -2.0  # the reference's initial value of the one learned log-variance
 _LOG_2PI = math.log(2.0 * math.pi)
 
 # parameter planes the decoder emits per pixel; gaussian_const adds one learned scalar per model
@@ -66,6 +67,30 @@ def to_logit_space(x_deq: torch.Tensor) -> torch.Tensor:
     """y = logit(lambda + (1 - 2 lambda) x) for dequantized x in (0, 1)."""
     p = LOGIT_LAMBDA + (1.0 - 2.0 * LOGIT_LAMBDA) * x_deq
     return torch.log(p) - torch.log1p(-p)
+
+
+class _ClampKeepingGradient(torch.autograd.Function):
+    """max(x, bound) in the forward pass, the identity in the backward pass (straight-through)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, bound: float) -> torch.Tensor:
+        return x.clamp(min=bound)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def clamp_keeping_gradient(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """The value clamped at >= bound, the gradient of the unclamped value.
+
+    A plain clamp has zero gradient below its bound, so the single learned log-variance of
+    ``gaussian_const`` would freeze for good once an optimiser step took it below -7. With this one
+    the scoring still uses max(log_var, -7), and the parameter keeps receiving the gradient it would
+    have at the bound, so it moves back up as soon as the fit asks for a larger variance.
+    """
+    out: torch.Tensor = _ClampKeepingGradient.apply(x, bound)
+    return out
 
 
 def logit_gaussian_log_prob(mean: torch.Tensor, log_var: torch.Tensor, x_deq: torch.Tensor) -> torch.Tensor:
@@ -123,7 +148,8 @@ def decoder_log_prob(
         return logit_gaussian_log_prob(params[..., 0, :], params[..., 1, :], x)
     if likelihood == "gaussian_const":
         assert const_log_var is not None
-        return logit_gaussian_log_prob(params[..., 0, :], const_log_var.unsqueeze(-1), x)
+        log_var = clamp_keeping_gradient(const_log_var, MIN_LOG_VAR)  # exactly >= the bound
+        return logit_gaussian_log_prob(params[..., 0, :], log_var.unsqueeze(-1), x)
     if likelihood == "logistic":
         return discretized_logistic_log_prob(params[..., 0, :], params[..., 1, :], x)
     raise ValueError(f"likelihood: unknown {likelihood!r}")

@@ -3,10 +3,14 @@
 These are what the ``sequential`` strategy trains, and what the batched ensemble is stacked from
 (``models.ensemble``), so both strategies start from the very same initial weights.
 
-Conv geometry: the conv VAE halves the resolution per stage down to 4x4, so it works on a square
-power-of-two canvas of side >= 16. Smaller or odd-sized images are zero-padded, centred, to the
-next such side (8x8 -> 16, 28x28 -> 32); the decoder output is cropped back to the image before
-scoring, so padding never enters a log-likelihood. Sides above 128 are rejected.
+Conv geometry (docs/science.md): the reference network takes 32x32 inputs through four stride-2
+stages F, 2F, 4F, 8F down to 2x2, and its decoder starts from the latent as a 1x1 map with a
+kernel-2 transposed convolution to 2x2. Other sizes keep that pattern: the canvas is the smallest
+power-of-two square side >= max(H, W) (at least 4, at most 128), with log2(side) - 1 stages of
+F * 2^i filters down to 2x2 (8x8 digits: 2 stages; 64x64: 5 stages up to 16F). Images smaller than
+the canvas are zero-padded, centred, for the encoder and the decoder output is cropped back, so
+padding never enters a log-likelihood. ``ModelConfig.pad_to`` instead pads the *data* (the
+paper's MNIST setup: 28x28 padded to 32x32 and scored whole), see ``model_input_shape``.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import torch
 from torch import nn
 
 from models.config import ModelConfig
-from models.likelihoods import PARAM_PLANES
+from models.likelihoods import GAUSSIAN_CONST_INIT_LOG_VAR, PARAM_PLANES
 
+MIN_CONV_SIDE = 4
 MAX_CONV_SIDE = 128
 LEAKY_SLOPE = 0.2
 KERNEL, STRIDE, PADDING = 4, 2, 1  # every conv stage halves (or doubles) the resolution
+BOTTOM_SIDE = 2  # the encoder ends at 2x2; the decoder starts from 1x1 with a kernel-2 ConvT
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class ConvGeometry:
     height: int
     width: int
     side: int  # padded square canvas
-    stages: int  # stride-2 stages from side down to 4
+    stages: int  # stride-2 stages from side down to 2
 
     @property
     def pad_top(self) -> int:
@@ -50,22 +56,41 @@ def conv_geometry(image_shape: tuple[int, int, int]) -> ConvGeometry:
         raise ValueError(
             f"image_shape: the conv VAE handles images up to {MAX_CONV_SIDE} px; got {height}x{width}"
         )
-    side = max(16, 1 << math.ceil(math.log2(longest)))
-    return ConvGeometry(channels, height, width, side, int(math.log2(side)) - 2)
+    side = max(MIN_CONV_SIDE, 1 << math.ceil(math.log2(longest)))
+    return ConvGeometry(channels, height, width, side, int(math.log2(side)) - 1)
+
+
+def model_input_shape(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The (C, H, W) the model reads: the image, or the image zero-padded to ``pad_to`` (centred)."""
+    channels, height, width = image_shape
+    if cfg.pad_to is None:
+        return image_shape
+    if max(height, width) > cfg.pad_to:
+        raise ValueError(f"pad_to: the images are {height}x{width}, larger than pad_to={cfg.pad_to}")
+    return channels, cfg.pad_to, cfg.pad_to
+
+
+def pad_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(..., h, w) -> (..., height, width), zero padding centred (the extra pixel, if odd, after)."""
+    top, left = (height - images.shape[-2]) // 2, (width - images.shape[-1]) // 2
+    bottom, right = height - images.shape[-2] - top, width - images.shape[-1] - left
+    return nn.functional.pad(images, (left, right, top, bottom))
+
+
+def crop_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The inverse of ``pad_images``: (..., H, W) -> the centred (..., height, width)."""
+    top, left = (images.shape[-2] - height) // 2, (images.shape[-1] - width) // 2
+    return images[..., top : top + height, left : left + width]
 
 
 def pad_to_canvas(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
     """(..., C, H, W) -> (..., C, side, side), zero padding centred."""
-    top, left = geometry.pad_top, geometry.pad_left
-    bottom = geometry.side - geometry.height - top
-    right = geometry.side - geometry.width - left
-    return nn.functional.pad(x, (left, right, top, bottom))
+    return pad_images(x, geometry.side, geometry.side)
 
 
 def crop_from_canvas(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
     """(..., side, side) -> (..., H, W)."""
-    top, left = geometry.pad_top, geometry.pad_left
-    return x[..., top : top + geometry.height, left : left + geometry.width]
+    return crop_images(x, geometry.height, geometry.width)
 
 
 def split_posterior(encoded: torch.Tensor, latent: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +114,9 @@ class VAE(nn.Module):
 
 
 def _const_log_var(likelihood: str) -> nn.Parameter | None:
-    return nn.Parameter(torch.zeros(())) if likelihood == "gaussian_const" else None
+    if likelihood != "gaussian_const":
+        return None
+    return nn.Parameter(torch.tensor(GAUSSIAN_CONST_INIT_LOG_VAR))  # the reference's initial value
 
 
 class MLPVAE(VAE):
@@ -128,8 +155,13 @@ def conv_channels(base_filters: int, stages: int) -> list[int]:
 
 
 class ConvVAE(VAE):
-    """DCGAN-style conv VAE: stride-2 4x4 convs with batch norm and LeakyReLU(0.2) in the encoder,
-    a linear bottleneck at 4x4, transposed convs with batch norm and ReLU in the decoder."""
+    """The reference DCGAN-style conv VAE (SPEC §2), every convolution without bias.
+
+    encoder: Conv(C->F, k4 s2 p1) LeakyReLU(0.2), then per stage Conv(k4 s2 p1) BatchNorm LeakyReLU(0.2)
+             with doubling filters down to 2x2; mean and log-variance heads Linear(top*2*2 -> Z)
+    decoder: z as (Z, 1, 1): ConvT(Z->top, k2 s1 p0) BatchNorm ReLU, then per stage ConvT(k4 s2 p1)
+             BatchNorm ReLU with halving filters, the last one ConvT(F->P*C, k4 s2 p1) alone
+    """
 
     def __init__(self, cfg: ModelConfig, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
@@ -140,24 +172,26 @@ class ConvVAE(VAE):
         top = channels[-1]
         enc_in = [self.geometry.channels, *channels[:-1]]
         self.encoder_convs = nn.ModuleList(
-            nn.Conv2d(a, b, KERNEL, STRIDE, PADDING, bias=(i == 0))
-            for i, (a, b) in enumerate(zip(enc_in, channels, strict=True))
+            nn.Conv2d(a, b, KERNEL, STRIDE, PADDING, bias=False)
+            for a, b in zip(enc_in, channels, strict=True)
         )
         self.encoder_norms = nn.ModuleList(nn.BatchNorm2d(b) for b in channels[1:])
-        self.encoder_head = nn.Linear(top * 16, 2 * cfg.latent)
-        self.decoder_input = nn.Linear(cfg.latent, top * 16)
+        flat = top * BOTTOM_SIDE * BOTTOM_SIDE
+        self.encoder_mean = nn.Linear(flat, cfg.latent)
+        self.encoder_log_var = nn.Linear(flat, cfg.latent)
+        self.decoder_input = nn.ConvTranspose2d(cfg.latent, top, BOTTOM_SIDE, 1, 0, bias=False)
         self.decoder_input_norm = nn.BatchNorm2d(top)
         dec_out = [*reversed(channels[:-1]), self.planes * self.geometry.channels]
         dec_in = list(reversed(channels))
-        last = len(dec_out) - 1
         self.decoder_convs = nn.ModuleList(
-            nn.ConvTranspose2d(a, b, KERNEL, STRIDE, PADDING, bias=(i == last))
-            for i, (a, b) in enumerate(zip(dec_in, dec_out, strict=True))
+            nn.ConvTranspose2d(a, b, KERNEL, STRIDE, PADDING, bias=False)
+            for a, b in zip(dec_in, dec_out, strict=True)
         )
         self.decoder_norms = nn.ModuleList(nn.BatchNorm2d(b) for b in dec_out[:-1])
-        # linear + norm at 4x4, then conv + norm + ReLU outputs per stage (the last one has no norm)
-        stage_floats = sum(c * (8 * 2**i) ** 2 for i, c in enumerate(dec_out))
-        self.decoder_floats = 3 * top * 16 + 3 * stage_floats
+        # conv, norm and ReLU outputs of every stage but the last, which is the conv output alone
+        sides = [BOTTOM_SIDE * 2 ** (i + 1) for i in range(len(dec_out))]
+        inner = top * BOTTOM_SIDE**2 + sum(c * s * s for c, s in zip(dec_out[:-1], sides[:-1], strict=True))
+        self.decoder_floats = 3 * inner + dec_out[-1] * sides[-1] ** 2
         self.const_log_var = _const_log_var(cfg.likelihood)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,10 +201,11 @@ class ConvVAE(VAE):
             if i > 0:
                 h = self.encoder_norms[i - 1](h)
             h = nn.functional.leaky_relu(h, LEAKY_SLOPE)
-        return split_posterior(self.encoder_head(h.flatten(1)), self.latent)
+        h = h.flatten(1)  # (B, top*2*2)
+        return self.encoder_mean(h), self.encoder_log_var(h)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.decoder_input(z).unflatten(-1, (-1, 4, 4))  # (B, top, 4, 4)
+        h = self.decoder_input(z[:, :, None, None])  # (B, top, 2, 2)
         h = torch.relu(self.decoder_input_norm(h))
         for i, conv in enumerate(self.decoder_convs):
             h = conv(h)
@@ -181,9 +216,18 @@ class ConvVAE(VAE):
 
 
 def build_vae(cfg: ModelConfig, image_shape: tuple[int, int, int], init_seed: int) -> VAE:
-    """A freshly initialised VAE whose weights depend only on (cfg, image_shape, init_seed)."""
+    """A freshly initialised VAE whose weights depend only on (cfg, image_shape, init_seed).
+
+    ``image_shape`` is the images' (C, H, W); with ``cfg.pad_to`` the model is built for the padded
+    shape (passing the padded shape itself gives the same model)."""
+    shape = model_input_shape(cfg, image_shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         if cfg.arch == "mlp":
-            return MLPVAE(cfg, image_shape)
-        return ConvVAE(cfg, image_shape)
+            return MLPVAE(cfg, shape)
+        return ConvVAE(cfg, shape)
+
+
+def count_parameters(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> int:
+    """Learned parameters of one fold model (batch-norm running statistics are buffers, not counted)."""
+    return sum(p.numel() for p in build_vae(cfg, image_shape, 0).parameters())

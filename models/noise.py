@@ -29,6 +29,7 @@ class Purpose(enum.IntEnum):
     EVAL_EPS = 7
     HELDOUT_EPS = 8
     GENERATE = 9
+    BOOTSTRAP = 10  # resampling of repetitions (models.uncertainty)
 
 
 def derive_seed(seed: int, purpose: Purpose, *indices: int) -> int:

@@ -37,6 +37,7 @@ class UnitResult:
     model_config: dict[str, Any]
     train_config: dict[str, Any]
     audit_config: dict[str, Any]
+    model_parameters: int | None = None  # learned parameters of one fold model (None: older artifact)
 
 
 def save_unit(path: str | Path, result: UnitResult) -> None:
@@ -49,6 +50,7 @@ def save_unit(path: str | Path, result: UnitResult) -> None:
         "model_config": result.model_config,
         "train_config": result.train_config,
         "audit_config": result.audit_config,
+        "model_parameters": result.model_parameters,
     }
     with open(path, "wb") as handle:  # a file handle keeps numpy from appending ".npz"
         np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
@@ -67,4 +69,5 @@ def load_unit(path: str | Path) -> UnitResult:
         model_config=meta["model_config"],
         train_config=meta["train_config"],
         audit_config=meta["audit_config"],
+        model_parameters=meta.get("model_parameters"),
     )

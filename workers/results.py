@@ -87,6 +87,7 @@ def summarize(result: AuditResult) -> dict[str, Any]:
     return {
         "n_samples": int(score.size),
         "n_models": len(result.model_ids),
+        "model_parameters": result.model_parameters,  # learned parameters of one fold model
         "n_non_finite": int(score.size - finite.size),
         "mean": float(finite.mean()) if finite.size else None,
         "quantiles": {key: _finite_or_none(value) for key, value in result.quantiles.items()},

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from models.config import ARCHS, EVAL_NOISES, LIKELIHOODS, STRATEGIES
+from models.config import ARCHS, EVAL_NOISES, LIKELIHOODS, PRESET_NAMES, STRATEGIES
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -29,12 +29,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         ".npz (key images, optional labels), .npy, or a folder of PNG images",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    model = parser.add_argument_group("model (defaults: the paper's)")
+    parser.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        help="the paper's settings for this data set (architecture, likelihood, latent, S, epochs, "
+        "padding; docs/science.md); options given explicitly override it",
+    )
+    model = parser.add_argument_group("model (defaults: the paper's MNIST setup)")
     model.add_argument("--arch", choices=ARCHS)
     model.add_argument("--hidden", type=_widths, help="MLP widths, comma-separated (default 512,256)")
     model.add_argument("--latent", type=int)
     model.add_argument("--likelihood", choices=LIKELIHOODS)
     model.add_argument("--base-filters", type=int, help="conv VAE filters of the first stage (default 32)")
+    model.add_argument(
+        "--pad-to", type=int, help="zero-pad the images, centred, to N x N and score them whole (mnist: 32)"
+    )
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=int)
     training.add_argument("--lr", type=float)
@@ -54,6 +63,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     audit.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     audit.add_argument("--strategy", choices=STRATEGIES)
     audit.add_argument("--models-per-unit", type=int, help="models trained together (default: automatic)")
+    audit.add_argument(
+        "--stop-when-stable",
+        type=float,
+        metavar="OVERLAP",
+        help="stop adding repetitions once the top-k overlap reaches OVERLAP twice in a row (SPEC §7)",
+    )
     nn = parser.add_argument_group("nearest-neighbour comparison (SPEC §3)")
     nn.add_argument("--heldout", help="held-out set (same image shape): adds d_heldout, d_model and rho")
     nn.add_argument("--nn-downscale", type=int, default=1, help="average-pool factor before distances")

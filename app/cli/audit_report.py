@@ -19,6 +19,7 @@ from models.nn_compare import NearestNeighbourComparison, RankCorrelation
 
 TableFormat = Literal["csv", "parquet"]
 NN_COLUMNS = ("d_heldout", "d_model", "rho")
+INTERVAL_COLUMNS = ("score_se", "score_lo", "score_hi")  # SPEC §7, NaN (empty/null) when L = 1
 
 
 def score_columns(result: AuditResult, nn: NearestNeighbourComparison | None) -> dict[str, np.ndarray]:
@@ -29,6 +30,9 @@ def score_columns(result: AuditResult, nn: NearestNeighbourComparison | None) ->
         "score": scores.M,
         "log_p_in": scores.U,
         "log_p_out": scores.V,
+        "score_se": result.score_se,
+        "score_lo": result.score_lo,
+        "score_hi": result.score_hi,
     }
     if nn is not None:
         columns.update(d_heldout=nn.d_heldout, d_model=nn.d_model, rho=nn.rho)
@@ -68,6 +72,8 @@ def build_summary(
         "heldout": None if heldout is None else heldout.describe(),
         "quantiles": result.quantiles,
         "highly_memorized_threshold": result.quantiles.get("0.95"),
+        "model_parameters": result.model_parameters,
+        **_uncertainty_summary(result),
         "timings": {**result.timings, **timings},
         "device": result.device,
         "versions": versions(),
@@ -91,6 +97,24 @@ def build_summary(
     return summary
 
 
+def _uncertainty_summary(result: AuditResult) -> dict[str, Any]:
+    """SPEC §7: bootstrap settings, confidently memorized samples, ranking stability, repetitions used."""
+    uncertainty = result.uncertainty
+    requested = int(result.folds_of.shape[0])
+    return {
+        "confidently_memorized": uncertainty.n_confident,  # score_lo above the 0.95 quantile; null if L = 1
+        "bootstrap": {"resamples": uncertainty.resamples, "interval_percentiles": [5, 95]},
+        "stability": [
+            {"repetition": rep, "overlap": overlap}
+            for rep, overlap in enumerate(uncertainty.stability, start=2)
+        ],
+        "stability_top_k": uncertainty.top_k,
+        "repeats_used": uncertainty.repeats,
+        "repeats_requested": requested,
+        "stopped_early": uncertainty.repeats < requested,
+    }
+
+
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
     path = out_dir / "summary.json"
     path.write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
@@ -101,7 +125,8 @@ def format_top(columns: dict[str, np.ndarray], top: int) -> str:
     """The ``top`` highest-scoring samples as an aligned text table (NaN scores last)."""
     score = columns["score"]
     order = np.argsort(np.where(np.isnan(score), -np.inf, score), kind="stable")[::-1][:top]
-    names = ["sample_id", "score", "log_p_in", "log_p_out", *(c for c in NN_COLUMNS if c in columns)]
+    names = ["sample_id", "score", "score_lo", "score_hi", "log_p_in", "log_p_out"]
+    names += [c for c in NN_COLUMNS if c in columns]
     header = "rank " + " ".join(f"{name:>12}" for name in names)
     lines = [f"Top {len(order)} most memorized samples (score M = log_p_in - log_p_out, nats):", header]
     for rank, index in enumerate(order, start=1):

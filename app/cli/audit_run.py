@@ -19,7 +19,7 @@ import torch
 from app.cli.audit_report import build_summary, format_top, score_columns, write_scores, write_summary
 from app.cli.progress import AuditProgress, is_terminal
 from models.audit import AuditResult, Cancelled, resolve_device, run_audit
-from models.config import AuditConfig, ModelConfig, TrainConfig
+from models.config import AuditConfig, ModelConfig, TrainConfig, configs_from_preset
 from models.data import DataError, ImageSet, load_dataset, validate_audit_inputs
 from models.networks import build_vae
 from models.nn_compare import compare_nearest, downscale_images, rank_correlation
@@ -33,6 +33,7 @@ MODEL_OPTIONS = {
     "latent": "latent",
     "likelihood": "likelihood",
     "base_filters": "base_filters",
+    "pad_to": "pad_to",
 }
 TRAIN_OPTIONS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size", "weight_decay": "weight_decay"}
 AUDIT_OPTIONS = {
@@ -45,6 +46,7 @@ AUDIT_OPTIONS = {
     "device": "device",
     "strategy": "strategy",
     "models_per_unit": "models_per_unit",
+    "stop_when_stable": "stop_when_stable",
 }
 
 
@@ -108,9 +110,9 @@ def audit_command(args: argparse.Namespace) -> int:
 
 def prepare_inputs(args: argparse.Namespace) -> AuditInputs:
     """Configs, datasets and every check that can fail before training (raises DataError/ValueError)."""
-    model_cfg = ModelConfig(**_given(args, MODEL_OPTIONS))
-    train_cfg = TrainConfig(**_given(args, TRAIN_OPTIONS))
-    audit_cfg = AuditConfig(**_given(args, AUDIT_OPTIONS))
+    model_cfg, train_cfg, audit_cfg = configs_from_preset(
+        args.preset, _given(args, MODEL_OPTIONS), _given(args, TRAIN_OPTIONS), _given(args, AUDIT_OPTIONS)
+    )
     if args.top < 0:
         raise DataError("top", f"must be >= 0, got {args.top}")
     train_set = load_dataset(args.dataset, field="dataset")
@@ -149,6 +151,11 @@ def _print_report(
         print(format_top(columns, top))
     quantiles = ", ".join(f"q{key}={value:.4g}" for key, value in result.quantiles.items())
     print(f"M quantiles: {quantiles}")
+    if result.n_confident is not None:
+        print(f"Confidently memorized (90% interval above q0.95): {result.n_confident}")
+    used, requested = result.repeats_used, int(result.folds_of.shape[0])
+    if used < requested:
+        print(f"Ranking stable after {used} of {requested} repetitions: stopped early")
     if spearman is not None:
         print(f"Spearman(rho, M) = {spearman:.4f}")
     print(f"Wrote {table} and {summary_path} ({result.timings['wall_seconds']:.1f} s on {result.device})")

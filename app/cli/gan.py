@@ -58,6 +58,12 @@ def _register_copytest(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--n-generated", type=int, help="samples to draw from --generator (default: test size)"
     )
     parser.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean")
+    parser.add_argument(
+        "--tau",
+        type=float,
+        nargs="+",
+        help="radii (in --metric) of the per-training-sample within-tau counts (default: the copy threshold)",
+    )
     _common_options(parser)
     parser.set_defaults(func=copytest_command)
 

@@ -17,8 +17,9 @@ CELL_COLUMNS = (
     "cell", "n_train", "n_test", "n_generated", "u", "z_u", "test_share", "generated_share", "kept",
 )  # fmt: skip
 SWEEP_COLUMNS = (
-    "tau", "rejection_rate", "c_t", "frechet_distance", "within_tau_share", "generated_copy_share",
-    "copy_threshold", "median_generated_distance", "skipped_generator_steps", "train_seconds",
+    "tau", "rejection_rate", "c_t", "frechet_distance", "within_tau_share", "training_samples_within_tau",
+    "generated_copy_share", "copy_threshold", "median_generated_distance", "skipped_generator_steps",
+    "train_seconds",
 )  # fmt: skip
 
 
@@ -37,14 +38,33 @@ def cell_columns(cells: list[CellRow]) -> dict[str, list[Any]]:
     return {name: [getattr(row, name) for row in cells] for name in CELL_COLUMNS}
 
 
+def copied_ranking(counts: CopyCounts, within: torch.Tensor) -> torch.Tensor:
+    """Training indices, most copied first: the SPEC §5 within-tau count descending, then the
+    nearest-credit count descending, then the closest generated sample ascending."""
+    nearest_first = counts.ranking().cpu()
+    return nearest_first[torch.argsort(-within.cpu()[nearest_first], stable=True)]
+
+
+def within_tau_columns(within: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``within_tau_count`` for one radius, ``within_tau_count_1..T`` for several (summary order)."""
+    if within.shape[0] == 1:
+        return {"within_tau_count": within[0]}
+    return {f"within_tau_count_{t + 1}": row for t, row in enumerate(within)}
+
+
 def copy_count_columns(
-    counts: CopyCounts, sample_ids: np.ndarray, extra: dict[str, torch.Tensor] | None = None
+    counts: CopyCounts,
+    sample_ids: np.ndarray,
+    within: torch.Tensor,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, list[Any]]:
-    """One row per training sample, most copied first (count descending, then closeness)."""
-    order = counts.ranking().cpu()
+    """One row per training sample in ``copied_ranking`` order; within (T, N) are the SPEC §5 counts,
+    ``copy_count`` the nearest-credit count (docs/science.md)."""
+    order = copied_ranking(counts, within[0])
     columns: dict[str, list[Any]] = {
         "rank": list(range(1, len(order) + 1)),
         "sample_id": sample_ids[order.numpy()].tolist(),
+        **{name: values.cpu()[order].tolist() for name, values in within_tau_columns(within).items()},
         "copy_count": counts.count.cpu()[order].tolist(),
         "closest_generated_distance": counts.closest.cpu()[order].tolist(),
     }
@@ -67,9 +87,10 @@ def write_copytest(out: Path, report: CopyTestReport, sample_ids: np.ndarray) ->
     rho = report.rho
     extra = {"d_heldout": rho.heldout_distance, "d_generated": rho.generated_distance, "rho": rho.rho}
     nearest = report.generated_nearest
+    counts = copy_count_columns(report.counts, sample_ids, report.within_tau, extra)
     return [
         write_csv(out / "cells.csv", cell_columns(report.copying.cells)),
-        write_csv(out / "copy_counts.csv", copy_count_columns(report.counts, sample_ids, extra)),
+        write_csv(out / "copy_counts.csv", counts),
         write_csv(out / "generated.csv", generated_columns(nearest.distance, nearest.index, sample_ids)),
     ]
 
@@ -79,7 +100,8 @@ def write_tau_unit(folder: Path, result: TauResult, sample_ids: np.ndarray) -> N
     folder.mkdir(parents=True, exist_ok=True)
     counts = CopyCounts(result.copy_threshold, result.copy_count, result.closest)
     write_csv(folder / "cells.csv", cell_columns(result.cells))
-    write_csv(folder / "copy_counts.csv", copy_count_columns(counts, sample_ids))
+    within = result.within_tau_count[None]  # (1, N): the count at this unit's tau
+    write_csv(folder / "copy_counts.csv", copy_count_columns(counts, sample_ids, within))
     generated = generated_columns(result.generated_distance, result.generated_nearest, sample_ids)
     write_csv(folder / "generated.csv", generated)
     pixels = (result.generated.cpu().numpy() * 255.0).round().astype(np.uint8)  # (m, C, H, W)
@@ -92,13 +114,15 @@ def sweep_columns(results: list[TauResult]) -> dict[str, list[Any]]:
     return {name: [summary[name] for summary in summaries] for name in SWEEP_COLUMNS}
 
 
-def format_top_copied(counts: CopyCounts, sample_ids: np.ndarray, top: int) -> str:
-    order = counts.ranking()[:top].cpu()
-    lines = [f"Top {len(order)} copied training samples (copy threshold {counts.threshold:.4g}):"]
-    lines.append(f"{'rank':>4} {'sample_id':>10} {'copies':>7} {'closest':>10}")
+def format_top_copied(
+    counts: CopyCounts, sample_ids: np.ndarray, top: int, within: torch.Tensor
+) -> str:
+    order = copied_ranking(counts, within)[:top]
+    lines = [f"Top {len(order)} copied training samples (first tau / copy threshold {counts.threshold:.4g}):"]
+    lines.append(f"{'rank':>4} {'sample_id':>10} {'<=tau':>7} {'nearest':>7} {'closest':>10}")
     for rank, index in enumerate(order.tolist(), start=1):
-        copies, closest = int(counts.count[index]), float(counts.closest[index])
-        lines.append(f"{rank:>4} {int(sample_ids[index]):>10d} {copies:>7d} {closest:>10.4g}")
+        near, copies, closest = int(within[index]), int(counts.count[index]), float(counts.closest[index])
+        lines.append(f"{rank:>4} {int(sample_ids[index]):>10d} {near:>7d} {copies:>7d} {closest:>10.4g}")
     return "\n".join(lines)
 
 

@@ -59,7 +59,7 @@ def copytest_command(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         report = run_copy_test(
             train_images, test_images, generated, embedding=embedding, copy=copy_cfg,
-            copy_quantile=args.copy_quantile,
+            copy_quantile=args.copy_quantile, taus=args.tau,
         )  # fmt: skip
     except (DataError, ValueError) as error:
         return _input_error("copytest", error)
@@ -81,7 +81,7 @@ def copytest_command(args: argparse.Namespace) -> int:
     }
     summary_path = write_summary(args.out, summary)
     if args.top:
-        print(format_top_copied(report.counts, sample_ids, args.top))
+        print(format_top_copied(report.counts, sample_ids, args.top, report.within_tau[0]))
     kept, cells = summary["cells_kept"], summary["cells"]
     print(f"C_T = {report.copying.c_t:.3f} over {kept} of {cells} cells (<< 0: copying, >> 0: underfit)")
     print(f"Fréchet distance (test vs generated, {args.embedding}) = {report.frechet:.4g}")

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from app.services import patterns
 from app.services.gan_specs import CopyTestSpec, MrganSpec
-from models.config import AuditConfig, ModelConfig, TrainConfig
+from models.config import AuditConfig, ModelConfig, Preset, TrainConfig, preset_section
 
 MAX_HIDDEN_LAYERS = 32
 MAX_IS_CHUNK_BYTES = 2**40
@@ -161,6 +161,8 @@ class JobCreate(BaseModel):
     generated: DatasetRef | None = Field(default=None, description="copy_test: generated samples to test")
     mrgan: MrganSpec | None = Field(default=None, description="kind mrgan: the tau sweep (docs/science.md)")
     copy_test: CopyTestSpec | None = Field(default=None, description="kind copy_test: options")
+    preset: Preset | None = Field(default=None, description="vae_audit: the paper's settings for mnist, "
+                                  "cifar10 or celeba (docs/science.md); fields given explicitly override")
     model: ModelSpec = Field(default_factory=ModelSpec)  # type: ignore[valid-type]
     training: TrainingSpec = Field(default_factory=TrainingSpec)  # type: ignore[valid-type]
     audit: AuditSpec = Field(default_factory=AuditSpec)  # type: ignore[valid-type]
@@ -176,6 +178,19 @@ class JobCreate(BaseModel):
         from app.webhooks import validate_url
 
         return None if value is None else validate_url(value)
+
+    @model_validator(mode="after")
+    def _fill_in_preset(self) -> JobCreate:
+        """Preset fields go where the body left a field out; the stored spec holds the result."""
+        if self.preset is None:
+            return self
+        if self.kind != "vae_audit":
+            raise ValueError("preset: only vae_audit jobs take a preset")
+        for attr, section in (("model", "model"), ("training", "train"), ("audit", "audit")):
+            spec = getattr(self, attr)
+            given = spec.model_dump(include=spec.model_fields_set)
+            setattr(self, attr, type(spec)(**{**preset_section(self.preset, section), **given}))
+        return self
 
     def canonical(self) -> dict[str, Any]:
         """JSON-safe, defaults filled in: what is stored and what the idempotency hash covers."""

@@ -8,6 +8,7 @@ per-training-sample copy counts (held-out-calibrated threshold, see models.gan.s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from models.copying import (
     copy_threshold,
     data_copying_test,
     nn_ratio,
+    within_tau_counts,
 )
 from models.embeddings import EmbeddingConfig, build_embedder, load_torchscript
 from models.frechet import frechet_distance
@@ -35,7 +37,9 @@ class CopyTestReport:
     copying: CopyingResult
     rho: NnRatio
     frechet: float
-    counts: CopyCounts
+    counts: CopyCounts  # nearest-credit counts at the held-out-calibrated copy threshold
+    taus: tuple[float, ...]  # the radii of the SPEC §5 counts (default: the copy threshold)
+    within_tau: torch.Tensor  # (len(taus), N) generated samples within tau of each training sample
     generated_nearest: Neighbours  # per generated sample: nearest training sample and its distance
     heldout_distance: torch.Tensor  # (n,) test -> nearest training distance (calibrates the threshold)
     metric: str
@@ -58,6 +62,10 @@ class CopyTestReport:
             "copy_threshold": self.counts.threshold,
             "generated_copy_share": float(copies.double().mean()),
             "training_samples_copied": int((self.counts.count > 0).sum()),
+            "within_tau": [
+                {"tau": tau, "training_samples": int((row > 0).sum()), "pairs": int(row.sum())}
+                for tau, row in zip(self.taus, self.within_tau, strict=True)
+            ],
             "rho_median": float(finite.median()) if finite.numel() else float("nan"),
             "rho_above_1_share": float((rho > 1).double().mean()),
             "n_train": self.n_train,
@@ -108,8 +116,12 @@ def run_copy_test(
     embedding: EmbeddingConfig | None = None,
     copy: CopyTestConfig | None = None,
     copy_quantile: float = 0.05,
+    taus: Sequence[float] | None = None,
 ) -> CopyTestReport:
-    """All copying statistics of generated images (m, C, H, W) against train (N, ...) and test (n, ...)."""
+    """All copying statistics of generated images (m, C, H, W) against train (N, ...) and test (n, ...).
+
+    ``taus``: radii (in the report's metric) of the SPEC §5 per-training-sample counts; default the
+    held-out-calibrated copy threshold."""
     copy = copy or CopyTestConfig()
     for name, images in (("test", test_images), ("generated", generated_images)):
         shape, train_shape = tuple(images.shape[1:]), tuple(train_images.shape[1:])
@@ -122,11 +134,15 @@ def run_copy_test(
     generated_nearest = nearest(generated, references, metric=copy.metric, references_prepared=True)
     heldout_distance = nearest(test, references, metric=copy.metric, references_prepared=True).distance
     threshold = copy_threshold(heldout_distance, copy_quantile)
+    radii = (threshold,) if taus is None else tuple(float(t) for t in taus)
+    if not radii or any(not 0.0 <= t < float("inf") for t in radii):
+        raise ValueError(f"tau: radii must be finite and >= 0, got {list(radii)}")
     return CopyTestReport(
         copying=data_copying_test(train, test, generated, copy),
         rho=nn_ratio(train, test, generated, copy.metric),
         frechet=frechet_distance(generated, test),
-        counts=copy_counts(train.shape[0], generated_nearest, threshold),
+        counts=copy_counts(train.shape[0], generated_nearest, threshold), taus=radii,
+        within_tau=within_tau_counts(train, generated, list(radii), metric=copy.metric),
         generated_nearest=generated_nearest, heldout_distance=heldout_distance, metric=copy.metric,
         n_train=train.shape[0], n_test=test.shape[0], n_generated=generated.shape[0],
     )  # fmt: skip

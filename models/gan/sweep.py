@@ -5,10 +5,12 @@
 an artifact and every tau unit restores it instead of retraining the embedder). ``run_tau_unit`` trains
 one GAN and evaluates it: rejection rate over training, C_T against the held-out set, Fréchet distance in
 the same feature space, per-generated-sample nearest-training distances (cosine, the rejection distance)
-and per-training-sample copy counts. Copy threshold rule: a generated sample copies its nearest training
-sample when its cosine distance is at most the ``copy_quantile`` quantile (default 0.05) of the held-out
--> training distances, i.e. it is closer than 95% of fresh images are to their nearest training image. The
-threshold does not depend on tau, so counts are comparable across the sweep.
+and two per-training-sample copy counts. ``within_tau_count`` is SPEC §5's count_tau(i): the generated
+samples within tau of training sample i, a radius count, so near-duplicate training images are both
+credited. ``copy_count`` credits only the nearest training sample: a generated sample copies it when their
+cosine distance is at most the ``copy_quantile`` quantile (default 0.05) of the held-out -> training
+distances, i.e. it is closer than 95% of fresh images are to their nearest training image; that threshold
+does not depend on tau, so those counts are comparable across the sweep.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from models.copying import (
     copy_threshold,
     data_copying_test,
     resolve_cells,
+    within_tau_counts,
 )
 from models.embeddings import (
     Embedder,
@@ -119,7 +122,8 @@ class TauResult:
     generated: torch.Tensor  # (m, C, H, W) samples drawn after training
     generated_distance: torch.Tensor  # (m,) cosine distance to the nearest training sample
     generated_nearest: torch.Tensor  # (m,) index of that training sample
-    copy_count: torch.Tensor  # (N,) generated samples copying training sample i (within copy_threshold)
+    within_tau_count: torch.Tensor  # (N,) SPEC §5 count_tau(i): generated samples within tau of sample i
+    copy_count: torch.Tensor  # (N,) nearest-credit count: generated samples with NN i within copy_threshold
     closest: torch.Tensor  # (N,) distance of the closest generated sample whose NN is i (inf: none)
     seconds: float
 
@@ -142,6 +146,7 @@ class TauResult:
             "copy_threshold": self.copy_threshold,
             "generated_copy_share": float((self.generated_distance <= self.copy_threshold).double().mean()),
             "within_tau_share": self.within_tau_share,
+            "training_samples_within_tau": int((self.within_tau_count > 0).sum()),
             "median_generated_distance": float(self.generated_distance.median()),
             "n_generated": int(self.generated.shape[0]),
             "train_seconds": self.run.seconds,
@@ -185,6 +190,7 @@ def run_tau_unit(
         tau=tau, run=run, c_t=copying.c_t, cells=copying.cells,
         frechet=frechet_distance(features, space.heldout), copy_threshold=threshold,
         generated=generated, generated_distance=neighbours.distance, generated_nearest=neighbours.index,
+        within_tau_count=within_tau_counts(space.train, features, [tau], metric="cosine")[0],
         copy_count=counts.count, closest=counts.closest, seconds=time.perf_counter() - started,
     )  # fmt: skip
 

@@ -47,6 +47,11 @@ def test_copytest_writes_tables_and_ranks_copies(
     ranked = _rows(out / "copy_counts.csv")
     assert {int(row["sample_id"]) for row in ranked[:40]} == set(range(40))
     assert all(int(row["copy_count"]) == 4 for row in ranked[:40])
+    # SPEC §5 counts every generated sample within the radius, so each copied image has at least its 4
+    within = [int(row["within_tau_count"]) for row in ranked]
+    assert all(count >= 4 for count in within[:40]) and within == sorted(within, reverse=True)
+    assert summary["within_tau"][0]["tau"] == summary["copy_threshold"]
+    assert summary["within_tau"][0]["pairs"] == sum(within)
     assert len(_rows(out / "cells.csv")) == 5 and len(_rows(out / "generated.csv")) == 450
     assert "C_T =" in capsys.readouterr().out
 
@@ -80,6 +85,8 @@ def test_mrgan_sweep_writes_one_folder_per_tau(tmp_path: Path, capsys: pytest.Ca
     assert summary["heldout"]["count"] == 299 and summary["gan"]["arch"] == "mlp"
     counts = _rows(out / "tau_01" / "copy_counts.csv")
     assert len(counts) == 1498
+    within_tau = sum(int(row["within_tau_count"]) > 0 for row in counts)
+    assert within_tau == int(sweep[1]["training_samples_within_tau"])
     assert {int(row["sample_id"]) % 6 for row in counts} == {0, 1, 2, 3, 4}  # ids in DATASET as given
     checkpoint = torch.load(out / "tau_01" / "generator.pt", weights_only=True)
     assert checkpoint["tau"] == pytest.approx(float(sweep[1]["tau"]))

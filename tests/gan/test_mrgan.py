@@ -49,6 +49,12 @@ def test_rejection_leaves_fewer_samples_within_tau_than_plain_training(digit_spl
         assert summary["frechet_distance"] > 0 and torch.isfinite(torch.tensor(summary["c_t"]))
         assert unit.copy_count.shape == (100,) and int(unit.copy_count.sum()) <= 500
         assert unit.generated_distance.shape == (500,)
+    # SPEC §5 radius count at the unit's tau: every generated sample within tau of its nearest training
+    # image is counted there, and possibly at other training images within tau too
+    within = rejecting.within_tau_count
+    assert within.shape == (100,)
+    assert int(within.sum()) >= int((rejecting.generated_distance <= tau).sum()) > 0
+    assert int(within.sum()) <= 500 * int((within > 0).sum())
 
 
 def _tiny_run(train: torch.Tensor, tau: float, **overrides: object) -> MrganRun:

@@ -14,10 +14,18 @@ from scipy import stats
 from app.cli import main
 from app.cli.progress import AuditProgress
 from models.audit import ProgressEvent
+from models.config import PRESETS, ModelConfig
 from models.data import load_dataset
+from models.networks import count_parameters
 
 TINY = ["--folds", "2", "--repeats", "1", "--epochs", "1", "--is-samples", "4", "--hidden", "32,16"]
 TINY += ["--latent", "2", "--device", "cpu", "--seed", "3"]
+
+
+def _tiny_with_repeats(repeats: int) -> list[str]:
+    args = list(TINY)
+    args[args.index("--repeats") + 1] = str(repeats)
+    return args
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,8 @@ def test_audit_writes_scores_summary_and_prints_the_top_ten(
     printed = capsys.readouterr()
     assert printed.err == ""  # not a terminal: no progress bar
     table = _read_csv(out / "scores.csv")
-    assert list(table) == ["sample_id", "score", "log_p_in", "log_p_out"]
+    assert list(table) == ["sample_id", "score", "log_p_in", "log_p_out", "score_se", "score_lo", "score_hi"]
+    assert np.isnan(table["score_se"]).all()  # L = 1: no interval
     np.testing.assert_array_equal(table["sample_id"], np.arange(120))
     np.testing.assert_allclose(table["score"], table["log_p_in"] - table["log_p_out"], atol=1e-9)
     assert np.isfinite(table["score"]).all()
@@ -52,6 +61,9 @@ def test_audit_writes_scores_summary_and_prints_the_top_ten(
     assert summary["quantiles"]["0.95"] == pytest.approx(np.quantile(table["score"], 0.95))
     assert set(summary["versions"]) == {"python", "torch", "numpy", "memaudit"}
     assert summary["timings"]["total_seconds"] > 0 and summary["device"] == "cpu"
+    assert summary["model_parameters"] == count_parameters(ModelConfig(hidden=(32, 16), latent=2), (1, 8, 8))
+    assert summary["confidently_memorized"] is None and summary["stability"] == []
+    assert summary["repeats_used"] == 1 and summary["stopped_early"] is False
     assert len(summary["loss_curves"]["train"]) == 2 and len(summary["loss_curves"]["train_mean"]) == 1
     top_lines = [line for line in printed.out.splitlines() if line[:4].strip().isdigit()]
     assert len(top_lines) == 10
@@ -69,7 +81,10 @@ def test_heldout_adds_per_sample_nearest_neighbour_columns_in_parquet(
     args = ["audit", str(train_path), "--out", str(out), *TINY, "--heldout", str(heldout_path)]
     assert main([*args, "--format", "parquet", "--eval-every", "1", "--top", "3"]) == 0
     table = pq.read_table(out / "scores.parquet").to_pydict()
-    assert list(table) == ["sample_id", "score", "log_p_in", "log_p_out", "d_heldout", "d_model", "rho"]
+    assert list(table) == [
+        "sample_id", "score", "log_p_in", "log_p_out", "score_se", "score_lo", "score_hi",
+        "d_heldout", "d_model", "rho",
+    ]  # fmt: skip
     d_h, d_s, rho = (np.array(table[name]) for name in ("d_heldout", "d_model", "rho"))
     np.testing.assert_allclose(rho, d_h / d_s)
     train = load_dataset(train_path).images.reshape(120, -1).astype(np.float64)
@@ -164,3 +179,61 @@ def test_disabled_progress_writes_nothing() -> None:
         progress(ProgressEvent((0,), 1, 2, "train", 0.1))
         assert progress.completed == 1
     assert stream.getvalue() == ""
+
+
+def test_repetitions_give_intervals_stability_and_the_confident_count(
+    digits_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _tiny_with_repeats(3)
+    assert main(["audit", str(digits_files[0]), "--out", str(tmp_path), *args, "--top", "3"]) == 0
+    printed = capsys.readouterr().out
+    table = _read_csv(tmp_path / "scores.csv")
+    assert np.isfinite(table["score_se"]).all() and np.all(table["score_lo"] <= table["score_hi"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    threshold = summary["highly_memorized_threshold"]
+    assert summary["confidently_memorized"] == int(np.sum(table["score_lo"] > threshold))
+    assert [entry["repetition"] for entry in summary["stability"]] == [2, 3]
+    assert all(0 <= entry["overlap"] <= 1 for entry in summary["stability"])
+    assert summary["stability_top_k"] == 10 and summary["repeats_used"] == 3
+    assert summary["bootstrap"] == {"resamples": 200, "interval_percentiles": [5, 95]}
+    assert "Confidently memorized" in printed
+
+
+def test_stop_when_stable_stops_early_and_says_so(
+    digits_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*_tiny_with_repeats(6), "--stop-when-stable", "1e-9"]
+    assert main(["audit", str(digits_files[0]), "--out", str(tmp_path), *args]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["repeats_used"] == 3 and summary["repeats_requested"] == 6 and summary["stopped_early"]
+    assert summary["config"]["audit"]["stop_when_stable"] == 1e-9
+    assert len(summary["loss_curves"]["train"]) == 6  # K = 2 models per repetition, 3 repetitions
+    assert "stopped early" in capsys.readouterr().out
+    bad = ["--stop-when-stable", "2"]
+    assert main(["audit", str(digits_files[0]), "--out", str(tmp_path / "x"), *TINY, *bad]) == 2
+    assert "stop_when_stable" in capsys.readouterr().err
+
+
+def test_presets_fill_in_the_papers_settings_and_explicit_options_win(
+    digits_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    small = ["--folds", "2", "--repeats", "1", "--epochs", "1", "--is-samples", "2", "--device", "cpu"]
+    small += ["--top", "0"]
+    out = tmp_path / "mnist"
+    assert main(["audit", str(digits_files[0]), "--out", str(out), "--preset", "mnist", *small]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    model, audit = summary["config"]["model"], summary["config"]["audit"]
+    assert {key: model[key] for key in ("arch", "latent", "likelihood", "pad_to")} == {
+        "arch": "mlp", "latent": 16, "likelihood": "bernoulli", "pad_to": 32,
+    }  # fmt: skip
+    assert model["hidden"] == [512, 256] and audit["is_samples"] == 2 and audit["folds"] == 2
+    # the 8x8 digits were padded to 32x32: the MLP reads 1024 pixels, as the paper's MNIST one does
+    paper_mnist = ModelConfig(**PRESETS["mnist"]["model"])
+    assert summary["model_parameters"] == count_parameters(paper_mnist, (1, 32, 32))
+    out = tmp_path / "celeba"
+    celeba = ["--preset", "celeba", *small, "--latent", "4", "--base-filters", "4"]
+    assert main(["audit", str(digits_files[0]), "--out", str(out), *celeba]) == 0
+    model = json.loads((out / "summary.json").read_text())["config"]["model"]
+    assert (model["arch"], model["likelihood"], model["latent"], model["base_filters"]) == (
+        "conv", "gaussian_const", 4, 4,
+    )  # fmt: skip

@@ -6,11 +6,8 @@ differences are amplified by training, so a looser 1e-2 nats bound is used there
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import torch
 from sklearn.datasets import load_digits
 
 from models.audit import AuditResult, run_audit
@@ -20,14 +17,6 @@ from models.config import AuditConfig, ModelConfig, TrainConfig
 @pytest.fixture(scope="module")
 def digits() -> np.ndarray:
     return (load_digits().images[:90] / 16.0).astype(np.float32)[:, None]  # (90, 1, 8, 8)
-
-
-@pytest.fixture
-def float64() -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 def _audit(images: np.ndarray, model_cfg: ModelConfig, strategy: str, **audit: object) -> AuditResult:
@@ -49,8 +38,9 @@ def _assert_same(a: AuditResult, b: AuditResult, atol: float) -> None:
         ModelConfig(hidden=(32,), latent=3, likelihood="gaussian_const"),
         ModelConfig(arch="conv", base_filters=4, latent=4, likelihood="gaussian_diag"),
         ModelConfig(arch="conv", base_filters=4, latent=4, likelihood="logistic"),
+        ModelConfig(arch="conv", base_filters=4, latent=3, likelihood="gaussian_const", pad_to=16),
     ],
-    ids=["mlp-bernoulli", "mlp-gaussian-const", "conv-gaussian-diag", "conv-logistic"],
+    ids=["mlp-bernoulli", "mlp-gaussian-const", "conv-gaussian-diag", "conv-logistic", "conv-const-pad16"],
 )
 def test_batched_equals_sequential_in_float64(
     float64: None, digits: np.ndarray, model_cfg: ModelConfig
