@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from models.config import AuditConfig, ModelConfig, TrainConfig
+from models.device_data import PixelStore, fixed_representation
 from models.folds import Scores, combine, fold_assignment, fold_sizes
-from models.likelihoods import NEEDS_NOISE, represent
 from models.noise import Purpose, blocked_noise
 from models.results import UnitResult, load_unit, save_unit
 from models.training import Cancelled, FitContext, ProgressEvent, StackOutcome, fit_stack
-from models.units import default_budget_bytes, plan_units, resolve_device
+from models.units import default_budget_bytes, is_rows_per_model, plan_units, resolve_device
 
 __all__ = [
     "AuditResult",
@@ -47,6 +47,10 @@ def _check_images(images: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: expected an array (N, C, H, W); got shape {images.shape}")
     if images.shape[0] == 0:
         raise ValueError(f"{name}: is empty")
+    if images.dtype == np.uint8:  # 8-bit levels 0..255, read as k / 255
+        return
+    if images.dtype.kind != "f":
+        raise ValueError(f"{name}: expected uint8 levels or float intensities; got {images.dtype}")
     if not np.all(np.isfinite(images)) or images.min() < 0 or images.max() > 1:
         raise ValueError(f"{name}: values must be finite and within [0, 1]")
 
@@ -64,21 +68,6 @@ def generated_per_model(audit_cfg: AuditConfig, heldout: np.ndarray | None) -> i
     return math.ceil(wanted / audit_cfg.n_models)
 
 
-def _fixed_representation(images: torch.Tensor, likelihood: str, seed: int, index: int) -> torch.Tensor:
-    """The one seeded binarization/dequantization of every sample shared by all models (SPEC §1)."""
-    noise = None
-    if NEEDS_NOISE[likelihood]:
-        noise = blocked_noise(
-            "rand",
-            (seed, Purpose.EVAL_REPR, index),
-            0,
-            images.shape[0],
-            tuple(images.shape[1:]),
-            images.device,
-        )
-    return represent(images, noise, likelihood)
-
-
 def _context(
     images: np.ndarray,
     model_cfg: ModelConfig,
@@ -88,31 +77,28 @@ def _context(
     heldout: np.ndarray | None,
 ) -> FitContext:
     n, seed, latent = images.shape[0], audit_cfg.seed, model_cfg.latent
-    data = torch.as_tensor(images, dtype=torch.get_default_dtype(), device=device)
-    external = (
-        None
-        if heldout is None
-        else torch.as_tensor(heldout, dtype=torch.get_default_dtype(), device=device)
-    )
+    data = PixelStore.from_array(images, device)
+    external = None if heldout is None else PixelStore.from_array(heldout, device)
     return FitContext(
         model_cfg=model_cfg,
         train_cfg=train_cfg,
         audit_cfg=audit_cfg,
         device=device,
-        images=data,
+        data=data,
         folds_of=fold_assignment(n, audit_cfg.folds, audit_cfg.repeats, seed),
-        eval_repr=_fixed_representation(data, model_cfg.likelihood, seed, 0),
+        eval_repr=fixed_representation(data, model_cfg.likelihood, seed, 0),
         heldout_eps=blocked_noise("randn", (seed, Purpose.HELDOUT_EPS, 0), 0, n, (latent,), device),
         external_repr=None
         if external is None
-        else _fixed_representation(external, model_cfg.likelihood, seed, 1),
+        else fixed_representation(external, model_cfg.likelihood, seed, 1),
         external_eps=None
         if external is None
-        else blocked_noise("randn", (seed, Purpose.HELDOUT_EPS, 1), 0, external.shape[0], (latent,), device),
+        else blocked_noise("randn", (seed, Purpose.HELDOUT_EPS, 1), 0, external.count, (latent,), device),
         n_used=n - int(fold_sizes(n, audit_cfg.folds).max()),
         eval_epochs=eval_epochs(train_cfg.epochs, audit_cfg.eval_every),
         generate_per_model=generated_per_model(audit_cfg, heldout),
         budget_bytes=audit_cfg.is_chunk_bytes or default_budget_bytes(device),
+        is_rows_per_model=is_rows_per_model(device),
     )
 
 
@@ -128,7 +114,8 @@ def train_unit(
     should_stop: Callable[[], bool] | None = None,
     heldout: np.ndarray | None = None,
 ) -> UnitResult:
-    """Train and evaluate the given fold models on `images` (N, C, H, W) float in [0, 1].
+    """Train and evaluate the given fold models on `images` (N, C, H, W): float intensities in [0, 1], or
+    uint8 levels 0..255 read as k / 255 (the same numbers, in a quarter of the memory).
 
     `heldout` (optional, same C, H, W): an external held-out set whose -ELBO is tracked per epoch and
     whose size sets how many images the models generate (see AuditConfig.n_generated).

@@ -18,6 +18,9 @@ from models.networks import build_vae
 
 CPU_MODELS_PER_UNIT = 10
 CPU_BUDGET_BYTES = 256 * 2**20
+# decoded latents per model in one importance-sampling chunk on CPU: small enough for the chunk's
+# activations to stay in cache while the likelihood reads them back (measured, docs/benchmarks.md)
+CPU_IS_ROWS_PER_MODEL = 1024
 CUDA_MEMORY_SHARE = 0.5  # of the free memory, for the training stacks of one unit
 _ADAM_COPIES = 4  # parameter, gradient, two moments
 
@@ -39,6 +42,11 @@ def default_budget_bytes(device: torch.device) -> int:
         free, _total = torch.cuda.mem_get_info(device)
         return max(CPU_BUDGET_BYTES, free // 4)
     return CPU_BUDGET_BYTES
+
+
+def is_rows_per_model(device: torch.device) -> int | None:
+    """Cache cap of an importance-sampling chunk; None on CUDA (as large as the budget allows)."""
+    return CPU_IS_ROWS_PER_MODEL if device.type == "cpu" else None
 
 
 def training_bytes_per_model(
