@@ -185,8 +185,9 @@ def run_unit(job_id: str, index: int) -> None:
         else:
             configs = build_configs(job.spec, str(worker_device()))
             try:
-                train = _images(session, job, "dataset").images  # (N, C, H, W) float32 in [0, 1]
-                heldout = _images(session, job, "heldout").images if job.spec.get("heldout") else None
+                # (N, C, H, W) as stored: uint8 levels (a quarter of the float32 copy) or float intensities
+                train = _images(session, job, "dataset").pixels
+                heldout = _images(session, job, "heldout").pixels if job.spec.get("heldout") else None
             except ServiceError as error:
                 state.mark_failed(session, job_id, f"{error.field}: {error.message}")
                 return
