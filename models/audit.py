@@ -6,10 +6,12 @@ then ``combine``d into per-sample scores. ``run_audit`` does all of it in-proces
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,9 +20,18 @@ from models.config import AuditConfig, ModelConfig, TrainConfig
 from models.device_data import PixelStore, fixed_representation
 from models.folds import Scores, combine, fold_assignment, fold_sizes
 from models.noise import Purpose, blocked_noise
-from models.results import UnitResult, load_unit, save_unit
+from models.precision import policy_for
+from models.results import UnitResult, load_unit, save_unit, unit_environment
 from models.training import Cancelled, FitContext, ProgressEvent, StackOutcome, fit_stack
-from models.units import default_budget_bytes, is_rows_per_model, plan_units, resolve_device
+from models.units import (
+    OUT_OF_MEMORY,
+    default_budget_bytes,
+    device_name,
+    is_rows_per_model,
+    plan_units,
+    release_memory,
+    resolve_device,
+)
 
 __all__ = [
     "AuditResult",
@@ -28,6 +39,7 @@ __all__ = [
     "ProgressEvent",
     "Scores",
     "UnitResult",
+    "UnitTooLarge",
     "combine",
     "fold_assignment",
     "load_unit",
@@ -40,6 +52,7 @@ __all__ = [
 ]
 
 QUANTILES = (0.5, 0.95, 0.999)
+log = logging.getLogger(__name__)
 
 
 def _check_images(images: np.ndarray, name: str) -> None:
@@ -134,10 +147,34 @@ def train_unit(
     ctx.progress, ctx.should_stop = progress, should_stop
     with _deterministic(device):
         if audit_cfg.strategy == "batched":
-            outcomes = [fit_stack(ctx, ids, batched=True)]
+            outcomes = _fit_in_groups(ctx, ids)
         else:
             outcomes = [fit_stack(ctx, [m], batched=False) for m in ids]
     return _unit_result(outcomes, ctx, model_cfg, train_cfg, audit_cfg, device)
+
+
+def _fit_in_groups(ctx: FitContext, ids: list[int]) -> list[StackOutcome]:
+    """The unit as one stack; a stack that runs out of device memory is retrained as two halves.
+
+    Exact: a model's training does not depend on which models share its stack (batched == sequential),
+    so splitting changes no number, and a unit that does not fit finishes instead of failing (or being
+    retried at the same size forever). One model that does not fit alone is an error that says so."""
+    try:
+        return [fit_stack(ctx, ids, batched=True)]
+    except OUT_OF_MEMORY as error:
+        if len(ids) == 1:
+            raise UnitTooLarge(
+                f"model {ids[0]} does not fit in {ctx.device} memory even alone "
+                f"(batch size {ctx.train_cfg.batch_size}, images {ctx.image_shape})"
+            ) from error
+    release_memory(ctx.device)  # outside the handler: the failed stack's tensors are gone by now
+    half = (len(ids) + 1) // 2
+    log.warning("models %s did not fit in %s memory; training them in two groups", ids, ctx.device)
+    return _fit_in_groups(ctx, ids[:half]) + _fit_in_groups(ctx, ids[half:])
+
+
+class UnitTooLarge(RuntimeError):
+    """Raised when a single fold model does not fit on the unit's device."""
 
 
 class _deterministic:
@@ -189,6 +226,9 @@ def _unit_result(
             "decoder_passes_per_second": passes / is_s if is_s > 0 else 0.0,
         },
         device=str(device),
+        device_name=device_name(device),
+        precision=policy_for(device),
+        stacks=len(outcomes),
         model_config=model_cfg.to_dict(),
         train_config=train_cfg.to_dict(),
         audit_config=audit_cfg.to_dict(),
@@ -210,6 +250,7 @@ class AuditResult:
     timings: dict[str, float]
     device: str
     config: dict[str, dict[str, object]] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)  # models.results.unit_environment
 
 
 def m_quantiles(scores: Scores) -> np.ndarray:
@@ -238,7 +279,9 @@ def run_audit(
     """The whole audit in-process: every unit, then the combination."""
     device = resolve_device(audit_cfg.device)
     started = time.perf_counter()
-    units = plan_units(model_cfg, audit_cfg, images.shape[0], tuple(images.shape[1:]), device)
+    units = plan_units(
+        model_cfg, audit_cfg, images.shape[0], tuple(images.shape[1:]), device, train_cfg.batch_size
+    )
     results = [
         train_unit(
             images,
@@ -299,6 +342,7 @@ def assemble(
         samples=samples,
         timings=_total_timings(results, wall),
         device=results[0].device,
+        environment=unit_environment(results),
         config={
             "model": results[0].model_config,
             "train": results[0].train_config,

@@ -42,6 +42,10 @@ from models.likelihoods import (
 )
 from models.networks import build_vae
 from models.noise import Purpose, blocked_noise, derive_seed, generator, to_device
+from models.precision import precision_scope
+from models.units import OUT_OF_MEMORY, release_memory
+
+MIN_IS_BUDGET_BYTES = 2**20
 
 
 class Cancelled(Exception):
@@ -121,11 +125,6 @@ def negative_elbo(stack: ModelStack, x: torch.Tensor, eps: torch.Tensor, likelih
         log_px = decoder_log_prob(params, x.flatten(2), likelihood, None if const is None else const[:, None])
     kl = 0.5 * (mean.pow(2) + torch.exp(log_var) - 1.0 - log_var).sum(-1)
     return kl - log_px
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _build_stack(ctx: FitContext, model_ids: list[int], batched: bool) -> ModelStack:
@@ -253,19 +252,28 @@ def _repr_and_eps_sources(
 
 
 def _evaluate(ctx: FitContext, stack: ModelStack, model_ids: list[int], eval_index: int) -> np.ndarray:
+    """IS log-likelihoods (E, N); a chunk that does not fit halves the chunk budget for the rest of the
+    unit and the pass starts over (chunking changes no number)."""
     repr_of, eps_of = _repr_and_eps_sources(ctx, model_ids, eval_index)
-    loglik = importance_log_likelihood(
-        stack,
-        ctx.n_samples,
-        ctx.pixels,
-        repr_of,
-        eps_of,
-        ctx.model_cfg.likelihood,
-        ctx.audit_cfg.is_samples,
-        ctx.budget_bytes,
-        ctx.is_rows_per_model,
-    )
-    return loglik.cpu().numpy()
+    while True:
+        try:
+            loglik = importance_log_likelihood(
+                stack,
+                ctx.n_samples,
+                ctx.pixels,
+                repr_of,
+                eps_of,
+                ctx.model_cfg.likelihood,
+                ctx.audit_cfg.is_samples,
+                ctx.budget_bytes,
+                ctx.is_rows_per_model,
+            )
+            return loglik.cpu().numpy()
+        except OUT_OF_MEMORY:
+            if ctx.budget_bytes <= MIN_IS_BUDGET_BYTES:
+                raise
+        release_memory(ctx.device)  # outside the handler: the failed pass's tensors are gone by now
+        ctx.budget_bytes //= 2
 
 
 @torch.no_grad()
@@ -313,25 +321,25 @@ def fit_stack(ctx: FitContext, model_ids: list[int], batched: bool) -> StackOutc
         if ctx.should_stop is not None and ctx.should_stop():
             raise Cancelled(f"cancelled before epoch {epoch} of models {model_ids}")
         tick = time.perf_counter()
-        out.train_loss[:, epoch - 1] = (
-            _train_epoch(ctx, stack, optimizer, _epoch_order(ctx, train_sets, order_gens), epoch)
-            .cpu()
-            .numpy()
-        )
-        _sync(ctx.device)
+        with precision_scope(ctx.device, "training"):
+            loss = _train_epoch(ctx, stack, optimizer, _epoch_order(ctx, train_sets, order_gens), epoch)
+        out.train_loss[:, epoch - 1] = loss.cpu().numpy()  # the epoch's one wait for the device
         out.train_seconds += time.perf_counter() - tick
         out.steps += math.ceil(ctx.n_used / ctx.train_cfg.batch_size)
-        _record_losses(ctx, stack, out, epoch, held_index, held_mask)
+        with precision_scope(ctx.device, "likelihood"):
+            _record_losses(ctx, stack, out, epoch, held_index, held_mask)
         _notify(ctx, model_ids, epoch, "train")
         if epoch in ctx.eval_epochs:
             tick = time.perf_counter()
-            evaluations.append(_evaluate(ctx, stack, model_ids, len(evaluations)))
+            with precision_scope(ctx.device, "likelihood"):
+                evaluations.append(_evaluate(ctx, stack, model_ids, len(evaluations)))
             out.is_seconds += time.perf_counter() - tick
             out.decoder_passes += n * ctx.n_samples * ctx.audit_cfg.is_samples
             _notify(ctx, model_ids, epoch, "eval")
     out.epoch_loglik = np.stack(evaluations)
     out.loglik = out.epoch_loglik[-1]
-    out.samples = _generate(ctx, stack, model_ids)
+    with precision_scope(ctx.device, "likelihood"):
+        out.samples = _generate(ctx, stack, model_ids)
     return out
 
 

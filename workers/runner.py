@@ -91,7 +91,8 @@ def _create_units(session: Session, job: Job) -> list[Unit]:
     else:
         configs = build_configs(job.spec, str(device))
         channels, height, width = (int(side) for side in job.image_shape)
-        plan = plan_units(configs.model, configs.audit, job.n_samples, (channels, height, width), device)
+        plan = plan_units(configs.model, configs.audit, job.n_samples, (channels, height, width), device,
+                          configs.training.batch_size)
     for index, model_ids in enumerate(plan):
         session.add(Unit(job_id=job.id, index=index, model_ids=[int(m) for m in model_ids]))
     job.units_total, job.device = len(plan), str(device)

@@ -70,6 +70,7 @@ def build_summary(
         "highly_memorized_threshold": result.quantiles.get("0.95"),
         "timings": {**result.timings, **timings},
         "device": result.device,
+        "environment": result.environment,
         "versions": versions(),
         "loss_curves": _loss_curves(result),
     }
