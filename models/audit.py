@@ -27,7 +27,7 @@ from models.units import (
     OUT_OF_MEMORY,
     default_budget_bytes,
     device_name,
-    is_rows_per_model,
+    is_cache_bytes,
     plan_units,
     release_memory,
     resolve_device,
@@ -111,7 +111,7 @@ def _context(
         eval_epochs=eval_epochs(train_cfg.epochs, audit_cfg.eval_every),
         generate_per_model=generated_per_model(audit_cfg, heldout),
         budget_bytes=audit_cfg.is_chunk_bytes or default_budget_bytes(device),
-        is_rows_per_model=is_rows_per_model(device),
+        is_cache_bytes=is_cache_bytes(device),
     )
 
 

@@ -11,10 +11,10 @@ nothing but memory and speed. A chunk's estimated footprint ``E * samples * late
 bytes_per_latent`` never exceeds ``budget_bytes`` (except that one sample with one latent is always
 allowed); on top of it a group holds its samples' normal noise, E * group * S * Z floats.
 
-``rows_per_model`` (CPU) caps a chunk at about that many decoded latents per model, so its
-activations stay in cache while the likelihood reads them back (docs/benchmarks.md: on this CPU the
-cap lifts importance sampling from ~54% to ~73% of the sgemm peak); without it (CUDA) a chunk is as
-large as the budget allows. Runs in eval mode without gradients.
+``cache_bytes`` (CPU) caps a chunk's decoder activations (all models together) at about that
+size, so they stay in the CPU's cache while the likelihood reads them back (docs/benchmarks.md:
+on the dev CPU this lifts importance sampling from ~55% to ~75-85% of the sgemm peak); without it
+(CUDA) a chunk is as large as the budget allows. Runs in eval mode without gradients.
 """
 
 from __future__ import annotations
@@ -55,15 +55,15 @@ class ChunkPlan:
 
 
 def plan_chunks(
-    stack: ModelStack, pixels: int, n_latents: int, budget_bytes: int, rows_per_model: int | None = None
+    stack: ModelStack, pixels: int, n_latents: int, budget_bytes: int, cache_bytes: int | None = None
 ) -> ChunkPlan:
     """Largest chunks within the budget (and the cache cap): latents first (fewer merges), then
     samples; groups of whole noise blocks so that no noise is drawn twice."""
     per_latent = _FLOAT_BYTES * (stack.decoder_floats + _LIKELIHOOD_TEMPORARIES * pixels + 4 * stack.latent)
     per_model_latent = stack.n_models * per_latent
     rows = budget_bytes // per_model_latent  # latents per model one chunk may decode
-    if rows_per_model is not None:
-        rows = min(rows, rows_per_model)
+    if cache_bytes is not None:
+        rows = min(rows, cache_bytes // (_FLOAT_BYTES * stack.decoder_floats * stack.n_models))
     latent_chunk = max(1, min(n_latents, rows))
     sample_chunk = max(1, rows // latent_chunk)
     group = sample_chunk
@@ -126,12 +126,12 @@ def importance_log_likelihood(
     likelihood: str,
     n_latents: int,
     budget_bytes: int,
-    rows_per_model: int | None = None,
+    cache_bytes: int | None = None,
 ) -> torch.Tensor:
     """(E, N) float64 log p(x_i | model e), estimated with n_latents importance samples."""
     was_training = stack.training
     stack.eval()
-    plan = plan_chunks(stack, pixels, n_latents, budget_bytes, rows_per_model)
+    plan = plan_chunks(stack, pixels, n_latents, budget_bytes, cache_bytes)
     rows = []
     for start in range(0, n_samples, plan.samples_per_group):
         stop = min(start + plan.samples_per_group, n_samples)

@@ -79,7 +79,7 @@ class FitContext:
     eval_epochs: list[int]
     generate_per_model: int
     budget_bytes: int
-    is_rows_per_model: int | None = None  # cache cap of an importance-sampling chunk (CPU)
+    is_cache_bytes: int | None = None  # cache cap of an importance-sampling chunk (CPU)
     progress: Callable[[ProgressEvent], None] | None = None
     should_stop: Callable[[], bool] | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -266,7 +266,7 @@ def _evaluate(ctx: FitContext, stack: ModelStack, model_ids: list[int], eval_ind
                 ctx.model_cfg.likelihood,
                 ctx.audit_cfg.is_samples,
                 ctx.budget_bytes,
-                ctx.is_rows_per_model,
+                ctx.is_cache_bytes,
             )
             return loglik.cpu().numpy()
         except OUT_OF_MEMORY:

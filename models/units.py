@@ -23,9 +23,9 @@ from models.networks import build_vae
 
 CPU_MODELS_PER_UNIT = 10
 CPU_BUDGET_BYTES = 256 * 2**20
-# decoded latents per model in one importance-sampling chunk on CPU: small enough for the chunk's
-# activations to stay in cache while the likelihood reads them back (measured, docs/benchmarks.md)
-CPU_IS_ROWS_PER_MODEL = 1024
+# decoder activations of one importance-sampling chunk on CPU (all models): small enough to stay in
+# cache while the likelihood reads them back; 16-32 MiB measured best (docs/benchmarks.md)
+CPU_IS_CACHE_BYTES = 32 * 2**20
 CUDA_USABLE_SHARE = 0.9  # of the free memory; the rest is headroom for cuBLAS/cuDNN workspaces
 _ADAM_COPIES = 4  # parameter, gradient, two moments
 
@@ -85,9 +85,9 @@ def cuda_is_budget(free_bytes: int) -> int:
     return max(CPU_BUDGET_BYTES, free_bytes // 4)
 
 
-def is_rows_per_model(device: torch.device) -> int | None:
+def is_cache_bytes(device: torch.device) -> int | None:
     """Cache cap of an importance-sampling chunk; None on CUDA (as large as the budget allows)."""
-    return CPU_IS_ROWS_PER_MODEL if device.type == "cpu" else None
+    return CPU_IS_CACHE_BYTES if device.type == "cpu" else None
 
 
 def training_bytes_per_model(
