@@ -100,20 +100,23 @@ class Series:
 
 
 class Machine:
-    def __init__(self) -> None:
-        self.a, self.b = torch.randn(GEMM_SIDE, GEMM_SIDE), torch.randn(GEMM_SIDE, GEMM_SIDE)
-        self.c = torch.empty(GEMM_SIDE, GEMM_SIDE)
-        self.src = torch.ones(COPY_BYTES // 4)
+    """The reference kernels: sgemm of side x side matrices, a copy of copy_bytes."""
+
+    def __init__(self, side: int = GEMM_SIDE, copy_bytes: int = COPY_BYTES, reps: int = 3) -> None:
+        self.side, self.reps, self.copy_bytes = side, reps, copy_bytes
+        self.a, self.b = torch.randn(side, side), torch.randn(side, side)
+        self.c = torch.empty(side, side)
+        self.src = torch.ones(copy_bytes // 4)
         self.dst = torch.empty_like(self.src)
         self.sgemm()
 
-    def sgemm(self, reps: int = 3) -> tuple[float, float]:
-        """FLOP/s (wall, cpu) of a 2048^3 sgemm."""
+    def sgemm(self) -> tuple[float, float]:
+        """FLOP/s (wall, cpu) of the sgemm."""
         torch.mm(self.a, self.b, out=self.c)
         with Clocks() as clock:
-            for _ in range(reps):
+            for _ in range(self.reps):
                 torch.mm(self.a, self.b, out=self.c)
-        flops = 2.0 * GEMM_SIDE**3 * reps
+        flops = 2.0 * self.side**3 * self.reps
         return flops / clock.wall, flops / clock.cpu
 
     def bandwidth(self, reps: int = 5) -> tuple[float, float]:
@@ -122,7 +125,7 @@ class Machine:
         with Clocks() as clock:
             for _ in range(reps):
                 self.dst.copy_(self.src)
-        moved = 2.0 * COPY_BYTES * reps
+        moved = 2.0 * self.copy_bytes * reps
         return moved / clock.wall, moved / clock.cpu
 
 
@@ -319,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--is-samples-n", type=int, default=0, help="samples per IS pass (0: auto)")
     parser.add_argument("--min-seconds", type=float, default=0.4, help="per measurement and round")
     parser.add_argument("--configs", default="all", help="comma-separated prefixes, e.g. mlp-784px,conv")
-    parser.add_argument("--quick", action="store_true", help="one round, few samples (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="one round, tiny sizes (a smoke run)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -332,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.configs == "all" or any(c.name.startswith(p) for p in args.configs.split(","))
     ]
     load_before = round(os.getloadavg()[0], 2)
-    machine = Machine()
+    machine = Machine(1024, 32 * 2**20, 1) if args.quick else Machine()
     peaks = [machine.sgemm() for _ in range(max(3, args.rounds))]
     bws = [machine.bandwidth() for _ in range(3)]
     bandwidth = statistics.median(b[0] for b in bws)
