@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import roofline
 from bench.flops import model_cost
@@ -52,7 +53,12 @@ def test_flop_counts_match_the_hand_count_for_the_paper_mlp() -> None:
 @pytest.mark.slow
 def test_roofline_quick_run_reports_every_ratio(tmp_path: Path) -> None:
     out = tmp_path / "roofline.json"
-    assert roofline.main(["--quick", "--configs", "mlp-64px", "--models", "3", "--json", str(out)]) == 0
+    threads = torch.get_num_threads()
+    try:
+        args = ["--quick", "--threads", "1", "--configs", "mlp-64px", "--models", "3", "--json", str(out)]
+        assert roofline.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
     result = json.loads(out.read_text())
     row = result["configs"][0]
     assert result["machine"]["sgemm_gflops"] > 0 and result["machine"]["bandwidth_gbs"] > 0
