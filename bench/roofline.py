@@ -259,11 +259,12 @@ def _summarise(
             "ratio_to_compute_bound_cpu": 1.0 / t.fraction(step_flops * model_steps, "cpu"),
             "fraction_of_peak_wall": t.fraction(step_flops * model_steps, "wall"),
         }
+    # from the peak-normalised medians, so that load changes between the two cannot fake a ratio
     out["is_batched_vs_sequential"] = (
-        out["is_batched"]["decoder_passes_per_s"] / out["is_sequential"]["decoder_passes_per_s"]
+        out["is_batched"]["fraction_of_peak_wall"] / out["is_sequential"]["fraction_of_peak_wall"]
     )
     out["train_batched_vs_sequential"] = (
-        out["train_sequential"]["per_model_step_ms"] / out["train_batched"]["per_model_step_ms"]
+        out["train_sequential"]["ratio_to_bound_wall"] / out["train_batched"]["ratio_to_bound_wall"]
     )
     return out
 
