@@ -1,18 +1,21 @@
-"""Batched ensemble vs sequential training on CPU (issue 2 speed section).
+"""Batched ensemble vs sequential strategy: the whole audit, end to end, on CPU (issues 2 and 9).
 
 Runs the same audit (sklearn digits, reference MLP widths 512-256, latent 16, Bernoulli, K*L models)
-once per strategy, each in a fresh subprocess so peak RSS is per strategy, and prints a JSON line per
-run plus a markdown table for docs/benchmarks.md.
+per strategy, each in a fresh subprocess so peak RSS is per strategy, --rounds times in alternating
+order (sequential, batched, then batched, sequential, ...) so both meet the same load; prints a JSON
+line per run (with the load average around it), the per-round ratios and a markdown table.
 
-    .venv/bin/python bench/bench_ensemble.py --epochs 3 --is-samples 64
+    .venv/bin/python bench/bench_ensemble.py --folds 5 --repeats 2 --epochs 20 --is-samples 64 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -73,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--unit-sizes", type=int, nargs="+", default=[10], help="batched models_per_unit to try"
     )
+    parser.add_argument("--rounds", type=int, default=1, help="alternating (sequential, batched) pairs")
     parser.add_argument("--strategy", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--models-per-unit", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -101,8 +105,10 @@ def _child(args: argparse.Namespace, strategy: str, unit: int | None) -> dict[st
     ]
     if unit is not None:
         command += ["--models-per-unit", str(unit)]
+    load_before = round(os.getloadavg()[0], 2)
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     row: dict[str, object] = json.loads(output.strip().splitlines()[-1])
+    row["load"] = f"{load_before} -> {round(os.getloadavg()[0], 2)}"
     print(json.dumps(row), flush=True)
     return row
 
@@ -112,26 +118,41 @@ def main() -> int:
     if args.strategy is not None:
         print(json.dumps(run_one(args)))
         return 0
-    sequential = _child(args, "sequential", None)
-    rows = [_child(args, "batched", unit) for unit in args.unit_sizes]
+    rounds: list[tuple[dict[str, object], list[dict[str, object]]]] = []
+    for index in range(args.rounds):
+        if index % 2 == 0:
+            sequential = _child(args, "sequential", None)
+            batched = [_child(args, "batched", unit) for unit in args.unit_sizes]
+        else:
+            batched = [_child(args, "batched", unit) for unit in args.unit_sizes]
+            sequential = _child(args, "sequential", None)
+        rounds.append((sequential, batched))
     print(
         f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
         f"{args.threads} threads, digits 1797x8x8, {args.arch} {args.hidden}, "
         f"K*L={args.folds * args.repeats}, "
-        f"{args.epochs} epochs, S={args.is_samples}\n"
+        f"{args.epochs} epochs, S={args.is_samples}, {args.rounds} alternating rounds\n"
     )
     print(
-        "| strategy | models/unit | wall s | train s | IS s | per-model step ms | decoder passes/s "
-        "| peak RSS MiB | speed-up vs sequential |"
+        "| round | strategy | models/unit | wall s | train s | IS s | per-model step ms | decoder passes/s "
+        "| peak RSS MiB | load | speed-up vs sequential (same round) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for row in [sequential, *rows]:
-        ratio = float(sequential["wall_s"]) / float(row["wall_s"])  # type: ignore[arg-type]
-        print(
-            f"| {row['strategy']} | {row['models_per_unit'] or '-'} | {row['wall_s']} | {row['train_s']} "
-            f"| {row['is_s']} | {row['per_model_step_ms']} | {row['decoder_passes_per_s']} "
-            f"| {row['peak_rss_mib']} | {ratio:.2f}x |"
-        )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    ratios: dict[object, list[float]] = {}
+    for index, (sequential, batched) in enumerate(rounds, start=1):
+        for row in [sequential, *batched]:
+            ratio = float(sequential["wall_s"]) / float(row["wall_s"])  # type: ignore[arg-type]
+            if row is not sequential:
+                ratios.setdefault(row["models_per_unit"], []).append(ratio)
+            print(
+                f"| {index} | {row['strategy']} | {row['models_per_unit'] or '-'} | {row['wall_s']} "
+                f"| {row['train_s']} | {row['is_s']} | {row['per_model_step_ms']} "
+                f"| {row['decoder_passes_per_s']} "
+                f"| {row['peak_rss_mib']} | {row['load']} | {ratio:.2f}x |"
+            )
+    for unit, values in ratios.items():
+        print(f"\nbatched ({unit} models/unit) vs sequential: median {statistics.median(values):.2f}x over "
+              f"{len(values)} rounds ({', '.join(f'{v:.2f}' for v in values)})")
     return 0
 
 

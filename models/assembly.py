@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from models.config import AuditConfig
 from models.folds import Scores, combine, fold_assignment
-from models.results import UnitResult
+from models.results import UnitResult, unit_environment
 from models.uncertainty import Uncertainty, assess, stable_repetitions
 
 QUANTILES = (0.5, 0.95, 0.999)
@@ -38,6 +39,7 @@ class AuditResult:
     device: str
     config: dict[str, dict[str, object]] = field(default_factory=dict)
     model_parameters: int | None = None  # learned parameters of one fold model
+    environment: dict[str, Any] = field(default_factory=dict)  # models.results.unit_environment
 
     @property
     def score_se(self) -> np.ndarray:  # (N,) bootstrap standard error of M; NaN when L = 1
@@ -130,6 +132,7 @@ def assemble(
         timings=_total_timings(results, wall),
         device=results[0].device,
         model_parameters=results[0].model_parameters,
+        environment=unit_environment(results),
         config={
             "model": results[0].model_config,
             "train": results[0].train_config,

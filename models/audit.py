@@ -6,6 +6,7 @@ then ``combine``d into per-sample scores. ``run_audit`` does all of it in-proces
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -15,14 +16,23 @@ import torch
 
 from models.assembly import AuditResult, assemble, sample_images
 from models.config import AuditConfig, ModelConfig, TrainConfig
+from models.device_data import PixelStore, fixed_representation
 from models.folds import Scores, combine, fold_assignment, fold_sizes
-from models.likelihoods import NEEDS_NOISE, represent
 from models.networks import count_parameters, crop_images, model_input_shape, pad_images
 from models.noise import Purpose, blocked_noise
+from models.precision import policy_for
 from models.results import UnitResult, load_unit, save_unit
 from models.training import Cancelled, FitContext, ProgressEvent, StackOutcome, fit_stack
 from models.uncertainty import Uncertainty, stable_repetitions
-from models.units import default_budget_bytes, plan_units, resolve_device
+from models.units import (
+    OUT_OF_MEMORY,
+    default_budget_bytes,
+    device_name,
+    is_cache_bytes,
+    plan_units,
+    release_memory,
+    resolve_device,
+)
 
 __all__ = [
     "AuditResult",
@@ -31,6 +41,7 @@ __all__ = [
     "Scores",
     "Uncertainty",
     "UnitResult",
+    "UnitTooLarge",
     "assemble",
     "combine",
     "fold_assignment",
@@ -43,11 +54,18 @@ __all__ = [
     "train_unit",
 ]
 
+log = logging.getLogger(__name__)
+
+
 def _check_images(images: np.ndarray, name: str) -> None:
     if images.ndim != 4:
         raise ValueError(f"{name}: expected an array (N, C, H, W); got shape {images.shape}")
     if images.shape[0] == 0:
         raise ValueError(f"{name}: is empty")
+    if images.dtype == np.uint8:  # 8-bit levels 0..255, read as k / 255
+        return
+    if images.dtype.kind != "f":
+        raise ValueError(f"{name}: expected uint8 levels or float intensities; got {images.dtype}")
     if not np.all(np.isfinite(images)) or images.min() < 0 or images.max() > 1:
         raise ValueError(f"{name}: values must be finite and within [0, 1]")
 
@@ -68,21 +86,6 @@ def generated_per_model(audit_cfg: AuditConfig, heldout: np.ndarray | None) -> i
     return math.ceil(wanted / sources)
 
 
-def _fixed_representation(images: torch.Tensor, likelihood: str, seed: int, index: int) -> torch.Tensor:
-    """The one seeded binarization/dequantization of every sample shared by all models (SPEC §1)."""
-    noise = None
-    if NEEDS_NOISE[likelihood]:
-        noise = blocked_noise(
-            "rand",
-            (seed, Purpose.EVAL_REPR, index),
-            0,
-            images.shape[0],
-            tuple(images.shape[1:]),
-            images.device,
-        )
-    return represent(images, noise, likelihood)
-
-
 def _image_shape(images: np.ndarray) -> tuple[int, int, int]:
     return int(images.shape[1]), int(images.shape[2]), int(images.shape[3])
 
@@ -98,9 +101,11 @@ def _context(
     n, seed, latent = images.shape[0], audit_cfg.seed, model_cfg.latent
     _, height, width = model_input_shape(model_cfg, _image_shape(images))
 
-    def on_device(array: np.ndarray) -> torch.Tensor:  # padded to the model's input (pad_to)
-        tensor = torch.as_tensor(array, dtype=torch.get_default_dtype(), device=device)
-        return pad_images(tensor, height, width)
+    def on_device(array: np.ndarray) -> PixelStore:  # padded to the model's input (pad_to)
+        if array.shape[2:] != (height, width):
+            padded = pad_images(torch.from_numpy(np.ascontiguousarray(array)), height, width)
+            array = padded.numpy()
+        return PixelStore.from_array(array, device)
 
     data = on_device(images)
     external = None if heldout is None else on_device(heldout)
@@ -109,20 +114,21 @@ def _context(
         train_cfg=train_cfg,
         audit_cfg=audit_cfg,
         device=device,
-        images=data,
+        data=data,
         folds_of=fold_assignment(n, audit_cfg.folds, audit_cfg.repeats, seed),
-        eval_repr=_fixed_representation(data, model_cfg.likelihood, seed, 0),
+        eval_repr=fixed_representation(data, model_cfg.likelihood, seed, 0),
         heldout_eps=blocked_noise("randn", (seed, Purpose.HELDOUT_EPS, 0), 0, n, (latent,), device),
         external_repr=None
         if external is None
-        else _fixed_representation(external, model_cfg.likelihood, seed, 1),
+        else fixed_representation(external, model_cfg.likelihood, seed, 1),
         external_eps=None
         if external is None
-        else blocked_noise("randn", (seed, Purpose.HELDOUT_EPS, 1), 0, external.shape[0], (latent,), device),
+        else blocked_noise("randn", (seed, Purpose.HELDOUT_EPS, 1), 0, external.count, (latent,), device),
         n_used=n - int(fold_sizes(n, audit_cfg.folds).max()),
         eval_epochs=eval_epochs(train_cfg.epochs, audit_cfg.eval_every),
         generate_per_model=generated_per_model(audit_cfg, heldout),
         budget_bytes=audit_cfg.is_chunk_bytes or default_budget_bytes(device),
+        is_cache_bytes=is_cache_bytes(device),
     )
 
 
@@ -138,7 +144,8 @@ def train_unit(
     should_stop: Callable[[], bool] | None = None,
     heldout: np.ndarray | None = None,
 ) -> UnitResult:
-    """Train and evaluate the given fold models on `images` (N, C, H, W) float in [0, 1].
+    """Train and evaluate the given fold models on `images` (N, C, H, W): float intensities in [0, 1], or
+    uint8 levels 0..255 read as k / 255 (the same numbers, in a quarter of the memory).
 
     `heldout` (optional, same C, H, W): an external held-out set whose -ELBO is tracked per epoch and
     whose size sets how many images the models generate (see AuditConfig.n_generated).
@@ -157,10 +164,34 @@ def train_unit(
     ctx.progress, ctx.should_stop = progress, should_stop
     with _deterministic(device):
         if audit_cfg.strategy == "batched":
-            outcomes = [fit_stack(ctx, ids, batched=True)]
+            outcomes = _fit_in_groups(ctx, ids)
         else:
             outcomes = [fit_stack(ctx, [m], batched=False) for m in ids]
     return _unit_result(outcomes, ctx, model_cfg, train_cfg, audit_cfg, device, _image_shape(images))
+
+
+def _fit_in_groups(ctx: FitContext, ids: list[int]) -> list[StackOutcome]:
+    """The unit as one stack; a stack that runs out of device memory is retrained as two halves.
+
+    Exact: a model's training does not depend on which models share its stack (batched == sequential),
+    so splitting changes no number, and a unit that does not fit finishes instead of failing (or being
+    retried at the same size forever). One model that does not fit alone is an error that says so."""
+    try:
+        return [fit_stack(ctx, ids, batched=True)]
+    except OUT_OF_MEMORY as error:
+        if len(ids) == 1:
+            raise UnitTooLarge(
+                f"model {ids[0]} does not fit in {ctx.device} memory even alone "
+                f"(batch size {ctx.train_cfg.batch_size}, images {ctx.image_shape})"
+            ) from error
+    release_memory(ctx.device)  # outside the handler: the failed stack's tensors are gone by now
+    half = (len(ids) + 1) // 2
+    log.warning("models %s did not fit in %s memory; training them in two groups", ids, ctx.device)
+    return _fit_in_groups(ctx, ids[:half]) + _fit_in_groups(ctx, ids[half:])
+
+
+class UnitTooLarge(RuntimeError):
+    """Raised when a single fold model does not fit on the unit's device."""
 
 
 class _deterministic:
@@ -218,6 +249,9 @@ def _unit_result(
         },
         device=str(device),
         model_parameters=count_parameters(model_cfg, image_shape),
+        device_name=device_name(device),
+        precision=policy_for(device),
+        stacks=len(outcomes),
         model_config=model_cfg.to_dict(),
         train_config=train_cfg.to_dict(),
         audit_config=audit_cfg.to_dict(),
@@ -241,7 +275,9 @@ def run_audit(
     ranking is stable (SPEC §7)."""
     device = resolve_device(audit_cfg.device)
     started = time.perf_counter()
-    units = plan_units(model_cfg, audit_cfg, images.shape[0], tuple(images.shape[1:]), device)
+    units = plan_units(
+        model_cfg, audit_cfg, images.shape[0], tuple(images.shape[1:]), device, train_cfg.batch_size
+    )
 
     def train(ids: Sequence[int]) -> UnitResult:
         return train_unit(

@@ -111,16 +111,17 @@ class StackedMLPVAE(ModelStack):
         self.decoder_head = StackedLinear([m.decoder_head for m in models])
         self.log_var_param = _stacked_const_log_var(models)
 
+    # ReLU in place on each fresh baddbmm output: baddbmm's backward needs its inputs, not its output
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = x.flatten(2)  # (E, B, D)
         for layer in self.encoder_layers:
-            h = torch.relu(layer(h))
+            h = layer(h).relu_()
         return split_posterior(self.encoder_head(h), self.latent)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = z
         for layer in self.decoder_layers:
-            h = torch.relu(layer(h))
+            h = layer(h).relu_()
         return self.decoder_head(h).unflatten(-1, (self.planes, self.pixels))  # (E, B, P, D)
 
     def const_log_var(self) -> torch.Tensor | None:

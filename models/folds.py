@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp
 
 from models.noise import Purpose, derive_seed
 
@@ -62,6 +61,8 @@ class Scores:
 
 def _log_mean_exp_masked(loglik: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Column-wise log-mean-exp of loglik (u, N) over rows where mask is True; NaN for empty columns."""
+    from scipy.special import logsumexp  # here, so that training a unit needs only torch and numpy
+
     counts = mask.sum(axis=0)
     masked = np.where(mask, loglik, -np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):

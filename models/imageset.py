@@ -1,7 +1,11 @@
 """The in-memory form of every dataset, and the checks that turn raw arrays into it.
 
-An :class:`ImageSet` always holds float32 images shaped (N, C, H, W) with values in [0, 1], whatever the
-file held (uint8 0..255 or float 0..1, channels last). Sample ids are the row indices as given.
+An :class:`ImageSet` holds images shaped (N, C, H, W), whatever the file held (uint8 0..255 or float
+0..1, channels last): ``pixels`` is the data as compact as it came (uint8 levels for integer sources,
+float32 intensities otherwise) and ``images`` the float32 intensities in [0, 1] that the science reads
+(k / 255 for uint8 sources), computed on first use and kept. Training takes ``pixels`` directly, so
+a worker holds a 60k x 28 x 28 uint8 set as its 47 MB original, not as 188 MB of floats.
+Sample ids are the row indices as given.
 Every problem with the data is a :class:`DataError` that names the offending field, so the service can
 answer 4xx and the CLI can print one line.
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -36,37 +41,57 @@ class DataTooLarge(DataError):
     """The data exceeds a configured size limit (the service answers 413 rather than 422)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageSet:
-    images: np.ndarray  # (N, C, H, W) float32 in [0, 1]
+    pixels: np.ndarray  # (N, C, H, W) uint8 0..255 (source_kind "uint8") or float32 in [0, 1] ("float")
     source_kind: SourceKind
     name: str
     original_shape: tuple[int, ...]
     labels: np.ndarray | None = None  # (N,) int64
 
+    @cached_property
+    def images(self) -> np.ndarray:
+        """(N, C, H, W) float32 intensities in [0, 1]: k / 255 for uint8 sources (made once, then kept)."""
+        if self.pixels.dtype == np.uint8:
+            return self.pixels.astype(np.float32) / np.float32(255.0)
+        return self.pixels
+
     @property
     def count(self) -> int:
-        return int(self.images.shape[0])
+        return int(self.pixels.shape[0])
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        channels, height, width = self.images.shape[1:]
+        channels, height, width = self.pixels.shape[1:]
         return int(channels), int(height), int(width)
 
     @property
     def is_8bit(self) -> bool:
         """Whether every pixel is exactly representable as k/255 (always true for uint8 sources)."""
-        return self.source_kind == "uint8" or _is_8bit_quantised(self.images)
+        return self.source_kind == "uint8" or _is_8bit_quantised(self.pixels)
+
+    @property
+    def min_intensity(self) -> float:
+        return _intensity(self.pixels, self.pixels.min())
+
+    @property
+    def max_intensity(self) -> float:
+        return _intensity(self.pixels, self.pixels.max())
 
     def as_uint8(self) -> np.ndarray:
-        """The images as (N, C, H, W) uint8 0..255 (exact for 8-bit data, rounded otherwise)."""
-        return np.rint(self.images * 255.0).astype(np.uint8)
+        """The images as (N, C, H, W) uint8 0..255 (exact for 8-bit data, rounded otherwise); for uint8
+        sources a read-only view of the original, no copy."""
+        if self.pixels.dtype == np.uint8:
+            view = self.pixels.view()
+            view.flags.writeable = False
+            return view
+        return np.rint(self.pixels * 255.0).astype(np.uint8)
 
     def subset(self, indices: np.ndarray, name: str | None = None) -> ImageSet:
         """Rows ``indices`` as a new set; their sample ids become 0..len-1."""
         labels = None if self.labels is None else self.labels[indices]
         return ImageSet(
-            images=np.ascontiguousarray(self.images[indices]),
+            pixels=np.ascontiguousarray(self.pixels[indices]),
             source_kind=self.source_kind,
             name=name or self.name,
             original_shape=(len(indices), *self.original_shape[1:]),
@@ -81,8 +106,8 @@ class ImageSet:
             "image_shape": list(self.image_shape),
             "original_shape": list(self.original_shape),
             "source_kind": self.source_kind,
-            "min": float(self.images.min()),
-            "max": float(self.images.max()),
+            "min": self.min_intensity,
+            "max": self.max_intensity,
             "is_8bit": self.is_8bit,
             "has_labels": self.labels is not None,
         }
@@ -99,12 +124,12 @@ def image_set_from_array(
     original_shape = tuple(int(s) for s in array.shape)
     _check_dtype(array, field)
     _check_shape(array, field)
-    source_kind, images = _to_unit_float(array, field)
+    source_kind, pixels = _to_compact(array, field)
     # (N, H, W) -> (N, 1, H, W); (N, H, W, C) -> (N, C, H, W)
-    images = images[:, None, :, :] if images.ndim == 3 else np.transpose(images, (0, 3, 1, 2))
+    pixels = pixels[:, None, :, :] if pixels.ndim == 3 else np.transpose(pixels, (0, 3, 1, 2))
     checked_labels = None if labels is None else _check_labels(labels, original_shape[0], field)
     return ImageSet(
-        images=np.ascontiguousarray(images, dtype=np.float32),
+        pixels=np.ascontiguousarray(pixels),
         source_kind=source_kind,
         name=name,
         original_shape=original_shape,
@@ -156,12 +181,13 @@ def _check_shape(array: np.ndarray, field: str) -> None:
         raise DataError(field, f"images must have 1 or 3 channels last, got shape {array.shape}{hint}")
 
 
-def _to_unit_float(array: np.ndarray, field: str) -> tuple[SourceKind, np.ndarray]:
+def _to_compact(array: np.ndarray, field: str) -> tuple[SourceKind, np.ndarray]:
+    """uint8 levels for integer sources (no copy when already uint8), float32 intensities otherwise."""
     if array.dtype.kind in "iu":
         int_low, int_high = int(array.min()), int(array.max())
         if int_low < 0 or int_high > 255:
             raise DataError(field, f"integer pixels must lie in 0..255, found {int_low}..{int_high}")
-        return "uint8", array.astype(np.float32) / np.float32(255.0)
+        return "uint8", array.astype(np.uint8, copy=False)
     if array.dtype.kind == "b":
         return "float", array.astype(np.float32)
     finite = np.isfinite(array)
@@ -173,7 +199,14 @@ def _to_unit_float(array: np.ndarray, field: str) -> tuple[SourceKind, np.ndarra
             field,
             f"float pixels must lie in [0, 1], found [{low:.6g}, {high:.6g}] (uint8 data: keep it uint8)",
         )
-    return "float", array.astype(np.float32)
+    return "float", array.astype(np.float32, copy=False)
+
+
+def _intensity(pixels: np.ndarray, value: np.generic) -> float:
+    """A stored pixel value as the float32 intensity the science reads, as a Python float."""
+    if pixels.dtype == np.uint8:
+        return float(np.float32(value) / np.float32(255.0))
+    return float(value)
 
 
 def _check_labels(labels: np.ndarray, count: int, field: str) -> np.ndarray:

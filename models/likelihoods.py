@@ -63,6 +63,12 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x * logits - F.softplus(logits)).sum(-1)
 
 
+def bernoulli_log_prob_signed(logits: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """bernoulli_log_prob for binary x given sign = 1 - 2x (broadcastable): for x in {0, 1},
+    x l - softplus(l) = -softplus(sign * l), which saves an elementwise pass and a temporary."""
+    return F.softplus(logits * sign).sum(-1).neg()
+
+
 def to_logit_space(x_deq: torch.Tensor) -> torch.Tensor:
     """y = logit(lambda + (1 - 2 lambda) x) for dequantized x in (0, 1)."""
     p = LOGIT_LAMBDA + (1.0 - 2.0 * LOGIT_LAMBDA) * x_deq

@@ -9,8 +9,13 @@ Per epoch every model draws a permutation of its own training indices and takes 
 differ by at most one, so at most one sample per model and epoch is skipped); batches are
 ``batch_size`` long except the last. All models therefore take the same number of equally sized
 steps, which is what lets them share one forward/backward. Training binarization/dequantization
-noise and the reparameterisation noise of an epoch are shared by all models (drawn per sample,
-resp. per batch position), which keeps the noise cost independent of the number of models.
+noise and the reparameterisation noise of an epoch are drawn per position in the epoch and shared by
+all models, which keeps the noise cost independent of the number of models and the memory of a
+step independent of the dataset size (each model still sees fresh noise for every sample and epoch,
+because its order is an independent permutation).
+
+Nothing in an epoch waits for the device: data, fixed representations and fold indices live on the
+unit's device, per-model losses accumulate there, and the host reads them once per epoch.
 """
 
 from __future__ import annotations
@@ -24,12 +29,23 @@ import numpy as np
 import torch
 
 from models.config import AuditConfig, ModelConfig, TrainConfig
+from models.device_data import PixelStore, StoredRepresentation
 from models.ensemble import ModelStack, SingleStack, stack_models
 from models.folds import heldout_indices, training_indices
 from models.importance import importance_log_likelihood
-from models.likelihoods import NEEDS_NOISE, decoder_log_prob, decoder_mean_image, represent
+from models.likelihoods import (
+    NEEDS_NOISE,
+    bernoulli_log_prob_signed,
+    decoder_log_prob,
+    decoder_mean_image,
+    represent,
+)
 from models.networks import build_vae
-from models.noise import Purpose, blocked_noise, derive_seed, generator
+from models.noise import Purpose, blocked_noise, derive_seed, generator, to_device
+from models.precision import precision_scope
+from models.units import OUT_OF_MEMORY, release_memory
+
+MIN_IS_BUDGET_BYTES = 2**20
 
 
 class Cancelled(Exception):
@@ -53,27 +69,33 @@ class FitContext:
     train_cfg: TrainConfig
     audit_cfg: AuditConfig
     device: torch.device
-    images: torch.Tensor  # (N, C, H, W) intensities in [0, 1]
+    data: PixelStore  # (N, C, H, W) the training images on the device
     folds_of: np.ndarray  # (L, N)
-    eval_repr: torch.Tensor  # (N, C, H, W) the one seeded representation shared by all models
+    eval_repr: StoredRepresentation  # (N, C, H, W) the one seeded representation shared by all models
     heldout_eps: torch.Tensor  # (N, Z) reparameterisation noise of the held-out-fold loss
-    external_repr: torch.Tensor | None  # (H, C, H, W) fixed representation of an external held-out set
+    external_repr: StoredRepresentation | None  # (H, C, H, W) of an external held-out set
     external_eps: torch.Tensor | None  # (H, Z)
     n_used: int
     eval_epochs: list[int]
     generate_per_model: int
     budget_bytes: int
+    is_cache_bytes: int | None = None  # cache cap of an importance-sampling chunk (CPU)
     progress: Callable[[ProgressEvent], None] | None = None
     should_stop: Callable[[], bool] | None = None
     started: float = field(default_factory=time.perf_counter)
 
     @property
     def n_samples(self) -> int:
-        return int(self.images.shape[0])
+        return self.data.count
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        channels, height, width = self.data.shape[1:]
+        return channels, height, width
 
     @property
     def pixels(self) -> int:
-        return math.prod(self.images.shape[1:])
+        return math.prod(self.data.shape[1:])
 
 
 @dataclass
@@ -96,23 +118,18 @@ def negative_elbo(stack: ModelStack, x: torch.Tensor, eps: torch.Tensor, likelih
     mean, log_var = stack.encode(x)  # (E, b, Z)
     z = mean + torch.exp(0.5 * log_var) * eps
     params = stack.decode(z)  # (E, b, P, D)
-    const = stack.const_log_var()
-    log_px = decoder_log_prob(params, x.flatten(2), likelihood, None if const is None else const[:, None])
+    if likelihood == "bernoulli":
+        log_px = bernoulli_log_prob_signed(params[..., 0, :], 1.0 - 2.0 * x.flatten(2))
+    else:
+        const = stack.const_log_var()
+        log_px = decoder_log_prob(params, x.flatten(2), likelihood, None if const is None else const[:, None])
     kl = 0.5 * (mean.pow(2) + torch.exp(log_var) - 1.0 - log_var).sum(-1)
     return kl - log_px
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _build_stack(ctx: FitContext, model_ids: list[int], batched: bool) -> ModelStack:
-    shape = tuple(ctx.images.shape[1:])
     models = [
-        build_vae(
-            ctx.model_cfg, (shape[0], shape[1], shape[2]), derive_seed(ctx.audit_cfg.seed, Purpose.INIT, m)
-        )
+        build_vae(ctx.model_cfg, ctx.image_shape, derive_seed(ctx.audit_cfg.seed, Purpose.INIT, m))
         for m in model_ids
     ]
     stack = stack_models(models) if batched else SingleStack(models[0])
@@ -122,12 +139,13 @@ def _build_stack(ctx: FitContext, model_ids: list[int], batched: bool) -> ModelS
 def _epoch_order(
     ctx: FitContext, train_sets: list[np.ndarray], order_gens: list[torch.Generator]
 ) -> torch.Tensor:
-    """(E, n_used) sample indices in the order each model visits them this epoch."""
+    """(E, n_used) sample indices in the order each model visits them this epoch, drawn on the CPU
+    (so the order does not depend on the device) and sent to the device once per epoch."""
     rows = [
         torch.from_numpy(idx)[torch.randperm(len(idx), generator=gen)[: ctx.n_used]]
         for idx, gen in zip(train_sets, order_gens, strict=True)
     ]
-    return torch.stack(rows).to(ctx.device)
+    return to_device(torch.stack(rows), ctx.device)
 
 
 def _train_epoch(
@@ -135,13 +153,9 @@ def _train_epoch(
 ) -> torch.Tensor:
     """One epoch for all models of the stack; returns the mean training -ELBO per model (E,)."""
     seed, likelihood, batch = ctx.audit_cfg.seed, ctx.model_cfg.likelihood, ctx.train_cfg.batch_size
-    noise = None
+    noise_gen = None
     if NEEDS_NOISE[likelihood]:
-        noise = torch.rand(
-            ctx.images.shape,
-            generator=generator(seed, Purpose.TRAIN_NOISE, epoch, device=ctx.device),
-            device=ctx.device,
-        )  # (N, C, H, W)
+        noise_gen = generator(seed, Purpose.TRAIN_NOISE, epoch, device=ctx.device)
     eps_all = torch.randn(
         (ctx.n_used, ctx.model_cfg.latent),
         device=ctx.device,
@@ -151,7 +165,10 @@ def _train_epoch(
     stack.train()
     for start in range(0, ctx.n_used, batch):
         idx = order[:, start : start + batch]  # (E, b)
-        x = represent(ctx.images[idx], None if noise is None else noise[idx], likelihood)  # (E, b, C, H, W)
+        noise = None  # (b, C, H, W): noise of these positions, shared by all models
+        if noise_gen is not None:
+            noise = torch.rand((idx.shape[1], *ctx.image_shape), generator=noise_gen, device=ctx.device)
+        x = represent(ctx.data.intensities(idx), noise, likelihood)  # (E, b, C, H, W)
         per_model = negative_elbo(stack, x, eps_all[start : start + batch].unsqueeze(0), likelihood).mean(1)
         optimizer.zero_grad(set_to_none=True)
         per_model.sum().backward()
@@ -166,7 +183,7 @@ def _fixed_set_loss(
     stack: ModelStack,
     index: torch.Tensor,
     mask: torch.Tensor,
-    source: torch.Tensor,
+    source: StoredRepresentation,
     eps: torch.Tensor,
 ) -> torch.Tensor:
     """Mean -ELBO per model (E,) over per-model index sets (E, h) of `source` (masked padding)."""
@@ -176,7 +193,7 @@ def _fixed_set_loss(
     total = torch.zeros(stack.n_models, device=ctx.device)
     for start in range(0, index.shape[1], chunk):
         idx = index[:, start : start + chunk]
-        loss = negative_elbo(stack, source[idx], eps[idx], ctx.model_cfg.likelihood)  # (E, b)
+        loss = negative_elbo(stack, source.rows(idx), eps[idx], ctx.model_cfg.likelihood)  # (E, b)
         total += (loss * mask[:, start : start + chunk]).sum(1)
     stack.train()
     return total / mask.sum(1)
@@ -191,8 +208,8 @@ def _padded_heldout(ctx: FitContext, model_ids: list[int]) -> tuple[torch.Tensor
     width = max(len(s) for s in sets)
     index = np.stack([np.pad(s, (0, width - len(s)), mode="edge") for s in sets])
     mask = np.stack([np.arange(width) < len(s) for s in sets])
-    return torch.from_numpy(index).to(ctx.device), torch.from_numpy(mask).to(
-        ctx.device, torch.get_default_dtype()
+    return to_device(torch.from_numpy(index), ctx.device), to_device(
+        torch.from_numpy(mask).to(torch.get_default_dtype()), ctx.device
     )
 
 
@@ -206,13 +223,13 @@ def _repr_and_eps_sources(
     if cfg.eval_noise == "fixed":
 
         def fixed_repr(a: int, b: int) -> torch.Tensor:
-            return ctx.eval_repr[a:b].unsqueeze(0)
+            return ctx.eval_repr.rows(slice(a, b)).unsqueeze(0)
 
         def fixed_eps(a: int, b: int) -> torch.Tensor:
             return blocked_noise("randn", (cfg.seed, Purpose.EVAL_EPS), a, b, tail, device).unsqueeze(0)
 
         return fixed_repr, fixed_eps
-    shape = tuple(ctx.images.shape[1:])
+    shape = ctx.image_shape
 
     def redraw_repr(a: int, b: int) -> torch.Tensor:
         noise = torch.stack(
@@ -221,7 +238,7 @@ def _repr_and_eps_sources(
                 for m in model_ids
             ]
         )
-        return represent(ctx.images[a:b].unsqueeze(0), noise, ctx.model_cfg.likelihood)
+        return represent(ctx.data.intensities(slice(a, b)).unsqueeze(0), noise, ctx.model_cfg.likelihood)
 
     def redraw_eps(a: int, b: int) -> torch.Tensor:
         return torch.stack(
@@ -235,18 +252,28 @@ def _repr_and_eps_sources(
 
 
 def _evaluate(ctx: FitContext, stack: ModelStack, model_ids: list[int], eval_index: int) -> np.ndarray:
+    """IS log-likelihoods (E, N); a chunk that does not fit halves the chunk budget for the rest of the
+    unit and the pass starts over (chunking changes no number)."""
     repr_of, eps_of = _repr_and_eps_sources(ctx, model_ids, eval_index)
-    loglik = importance_log_likelihood(
-        stack,
-        ctx.n_samples,
-        ctx.pixels,
-        repr_of,
-        eps_of,
-        ctx.model_cfg.likelihood,
-        ctx.audit_cfg.is_samples,
-        ctx.budget_bytes,
-    )
-    return loglik.cpu().numpy()
+    while True:
+        try:
+            loglik = importance_log_likelihood(
+                stack,
+                ctx.n_samples,
+                ctx.pixels,
+                repr_of,
+                eps_of,
+                ctx.model_cfg.likelihood,
+                ctx.audit_cfg.is_samples,
+                ctx.budget_bytes,
+                ctx.is_cache_bytes,
+            )
+            return loglik.cpu().numpy()
+        except OUT_OF_MEMORY:
+            if ctx.budget_bytes <= MIN_IS_BUDGET_BYTES:
+                raise
+        release_memory(ctx.device)  # outside the handler: the failed pass's tensors are gone by now
+        ctx.budget_bytes //= 2
 
 
 @torch.no_grad()
@@ -265,7 +292,7 @@ def _generate(ctx: FitContext, stack: ModelStack, model_ids: list[int]) -> np.nd
     ).to(ctx.device)  # (E, n, Z)
     stack.eval()
     images = decoder_mean_image(stack.decode(z), ctx.model_cfg.likelihood)  # (E, n, D)
-    return images.reshape(len(model_ids), ctx.generate_per_model, *ctx.images.shape[1:]).cpu().numpy()
+    return images.reshape(len(model_ids), ctx.generate_per_model, *ctx.image_shape).cpu().numpy()
 
 
 def fit_stack(ctx: FitContext, model_ids: list[int], batched: bool) -> StackOutcome:
@@ -294,25 +321,25 @@ def fit_stack(ctx: FitContext, model_ids: list[int], batched: bool) -> StackOutc
         if ctx.should_stop is not None and ctx.should_stop():
             raise Cancelled(f"cancelled before epoch {epoch} of models {model_ids}")
         tick = time.perf_counter()
-        out.train_loss[:, epoch - 1] = (
-            _train_epoch(ctx, stack, optimizer, _epoch_order(ctx, train_sets, order_gens), epoch)
-            .cpu()
-            .numpy()
-        )
-        _sync(ctx.device)
+        with precision_scope(ctx.device, "training"):
+            loss = _train_epoch(ctx, stack, optimizer, _epoch_order(ctx, train_sets, order_gens), epoch)
+        out.train_loss[:, epoch - 1] = loss.cpu().numpy()  # the epoch's one wait for the device
         out.train_seconds += time.perf_counter() - tick
         out.steps += math.ceil(ctx.n_used / ctx.train_cfg.batch_size)
-        _record_losses(ctx, stack, out, epoch, held_index, held_mask)
+        with precision_scope(ctx.device, "likelihood"):
+            _record_losses(ctx, stack, out, epoch, held_index, held_mask)
         _notify(ctx, model_ids, epoch, "train")
         if epoch in ctx.eval_epochs:
             tick = time.perf_counter()
-            evaluations.append(_evaluate(ctx, stack, model_ids, len(evaluations)))
+            with precision_scope(ctx.device, "likelihood"):
+                evaluations.append(_evaluate(ctx, stack, model_ids, len(evaluations)))
             out.is_seconds += time.perf_counter() - tick
             out.decoder_passes += n * ctx.n_samples * ctx.audit_cfg.is_samples
             _notify(ctx, model_ids, epoch, "eval")
     out.epoch_loglik = np.stack(evaluations)
     out.loglik = out.epoch_loglik[-1]
-    out.samples = _generate(ctx, stack, model_ids)
+    with precision_scope(ctx.device, "likelihood"):
+        out.samples = _generate(ctx, stack, model_ids)
     return out
 
 
@@ -328,7 +355,7 @@ def _record_losses(
         _fixed_set_loss(ctx, stack, held_index, held_mask, ctx.eval_repr, ctx.heldout_eps).cpu().numpy()
     )
     if out.external_loss is not None and ctx.external_repr is not None and ctx.external_eps is not None:
-        count = ctx.external_repr.shape[0]
+        count = ctx.external_repr.count
         index = torch.arange(count, device=ctx.device).expand(stack.n_models, -1)
         mask = torch.ones(index.shape, device=ctx.device)
         out.external_loss[:, epoch - 1] = (

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp
 
 from models.noise import Purpose, derive_seed
 
@@ -59,6 +58,8 @@ class RepetitionSums:
 
 def repetition_sums(folds_of: np.ndarray, model_ids: np.ndarray, loglik: np.ndarray) -> RepetitionSums:
     """Per-repetition log-sums of in- and out-model likelihoods. folds_of (L_all, N), loglik (u, N)."""
+    from scipy.special import logsumexp  # here, so that training a unit needs only torch and numpy
+
     model_ids = np.asarray(model_ids, dtype=np.int64)
     loglik = np.asarray(loglik, dtype=np.float64)
     folds = int(folds_of.max()) + 1
@@ -85,6 +86,8 @@ def _weighted_log_sum(log_values: np.ndarray, weights: np.ndarray) -> np.ndarray
     total = weights @ scaled  # (B, N)
     with np.errstate(divide="ignore"):
         out = top + np.log(total)
+    from scipy.special import logsumexp
+
     rows, cols = np.nonzero((total < _UNDERFLOW) & ((weights > 0).astype(np.float64) @ finite > 0))
     if rows.size:  # every drawn term is tiny next to an undrawn one: do these exactly
         with np.errstate(divide="ignore"):

@@ -102,4 +102,5 @@ def summarize(result: AuditResult) -> dict[str, Any]:
         "heldout_loss": [float(v) for v in np.asarray(result.heldout_loss).mean(axis=0)],
         "timings": {key: float(value) for key, value in result.timings.items()},
         "device": result.device,
+        "environment": result.environment,  # every unit's device and matmul precision
     }

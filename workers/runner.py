@@ -95,7 +95,8 @@ def _create_units(session: Session, job: Job) -> list[Unit]:
     else:
         configs = build_configs(job.spec, str(device))
         channels, height, width = (int(side) for side in job.image_shape)
-        plan = plan_units(configs.model, configs.audit, job.n_samples, (channels, height, width), device)
+        plan = plan_units(configs.model, configs.audit, job.n_samples, (channels, height, width), device,
+                          configs.training.batch_size)
     for index, model_ids in enumerate(plan):
         session.add(Unit(job_id=job.id, index=index, model_ids=[int(m) for m in model_ids]))
     if not guarded_update(
@@ -190,8 +191,9 @@ def _run_claimed(session: Session, claim: UnitClaim) -> None:
         if gan:
             inputs = _gan_inputs(session, job)
         else:
-            train = _images(session, job, "dataset").images  # (N, C, H, W) float32 in [0, 1]
-            heldout = _images(session, job, "heldout").images if job.spec.get("heldout") else None
+            # (N, C, H, W) as stored: uint8 levels (a quarter of the float32 copy) or float intensities
+            train = _images(session, job, "dataset").pixels
+            heldout = _images(session, job, "heldout").pixels if job.spec.get("heldout") else None
     except ServiceError as error:  # the dataset is gone or changed since the job was validated
         session.rollback()
         claims.fail_unit(claim, f"{error.field}: {error.message}")

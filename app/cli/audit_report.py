@@ -76,6 +76,7 @@ def build_summary(
         **_uncertainty_summary(result),
         "timings": {**result.timings, **timings},
         "device": result.device,
+        "environment": result.environment,
         "versions": versions(),
         "loss_curves": _loss_curves(result),
     }
