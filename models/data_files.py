@@ -1,4 +1,4 @@
-"""Readers for the dataset file formats: .npy, .npz and a folder of PNG images.
+"""Readers for the array file formats, .npy and .npz (the other formats are in models/formats/).
 
 Nothing is ever unpickled: .npy headers are parsed and object dtypes refused before any data is read.
 Sizes are checked before decompressing or allocating: an .npz member's declared size (zip directory) and
@@ -17,7 +17,7 @@ from numpy.lib import format as npy_format
 
 from models.imageset import DataError, DataTooLarge
 
-PNG_SUFFIX = ".png"
+TEXT_KINDS = "biufUS"  # labels and keys may be strings (fixed-width unicode or bytes: never objects)
 
 
 def read_npy(path: Path, *, max_bytes: int, field: str) -> np.ndarray:
@@ -30,8 +30,11 @@ def read_npy(path: Path, *, max_bytes: int, field: str) -> np.ndarray:
         raise DataError(field, f"{path.name}: cannot read the file ({error.strerror or error})") from error
 
 
-def read_npz(path: Path, *, max_bytes: int, field: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(images, labels or None) from an .npz archive with key ``images`` and optional ``labels``."""
+def read_npz(
+    path: Path, *, max_bytes: int, field: str
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(images, labels or None, keys or None) from an .npz archive with key ``images`` and optional
+    ``labels`` (integers, or strings: class names) and ``keys`` (strings, the user's sample ids)."""
     _nonempty_size(path, field)
     try:
         archive = zipfile.ZipFile(path)
@@ -44,33 +47,27 @@ def read_npz(path: Path, *, max_bytes: int, field: str) -> tuple[np.ndarray, np.
             raise DataError(field, f"{path.name}: no array named 'images' in the archive (found: {keys})")
         budget = max_bytes
         images = _read_member(archive, members["images.npy"], budget, field, path.name)
-        labels = None
-        if "labels.npy" in members:
-            budget -= images.nbytes
-            labels = _read_member(archive, members["labels.npy"], budget, f"{field}.labels", path.name)
-    return images, labels
+        budget -= images.nbytes
+        optional: dict[str, np.ndarray | None] = {}
+        for name in ("labels", "keys"):
+            info = members.get(f"{name}.npy")
+            array = None if info is None else _read_member(
+                archive, info, budget, f"{field}.{name}", path.name, kinds=TEXT_KINDS)  # fmt: skip
+            budget -= 0 if array is None else array.nbytes
+            optional[name] = array
+    return images, optional["labels"], optional["keys"]
 
 
-def read_png_folder(folder: Path, *, max_bytes: int, field: str, confine_to: Path | None) -> np.ndarray:
-    """A folder of same-sized PNG images, sorted by file name, as (N, H, W) or (N, H, W, 3) uint8."""
-    paths = sorted((p for p in folder.iterdir() if p.suffix.lower() == PNG_SUFFIX), key=lambda p: p.name)
-    if not paths:
-        raise DataError(field, f"{folder.name}: the folder holds no .png images")
-    arrays: list[np.ndarray] = []
-    total = 0
-    for png in paths:
-        if confine_to is not None:
-            ensure_inside(png, confine_to, field)
-        array = _read_png(png, max_bytes - total, field)
-        if arrays and array.shape != arrays[0].shape:
-            raise DataError(
-                field,
-                f"{png.name}: image shaped {array.shape} differs from {paths[0].name} {arrays[0].shape}; "
-                "all images must have the same size and colour mode",
-            )
-        total += array.nbytes
-        arrays.append(array)
-    return np.stack(arrays)
+def text_values(array: np.ndarray, field: str) -> list[str]:
+    """A 1-d array of strings (unicode or UTF-8 bytes) as Python strings."""
+    if array.ndim != 1:
+        raise DataError(field, f"expected a 1-d array of strings, got shape {array.shape}")
+    if array.dtype.kind == "S":
+        try:
+            return [value.decode("utf-8") for value in array.tolist()]
+        except UnicodeDecodeError as error:
+            raise DataError(field, "strings must be UTF-8") from error
+    return [str(value) for value in array.tolist()]
 
 
 def ensure_inside(path: Path, root: Path, field: str) -> Path:
@@ -92,7 +89,8 @@ def _nonempty_size(path: Path, field: str) -> int:
 
 
 def _read_member(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, field: str, what: str
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, field: str, what: str,
+    kinds: str = "biuf",
 ) -> np.ndarray:
     label = f"{what}:{info.filename}"
     if info.file_size > budget:
@@ -101,7 +99,8 @@ def _read_member(
         )
     try:
         with archive.open(info) as stream:
-            array = _read_array(stream, available=info.file_size, max_bytes=budget, field=field, what=label)
+            array = _read_array(stream, available=info.file_size, max_bytes=budget, field=field, what=label,
+                                kinds=kinds)
             if stream.read(1):  # also makes zipfile verify the CRC of the whole member
                 raise DataError(field, f"{label}: unexpected bytes after the array data")
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
@@ -111,10 +110,11 @@ def _read_member(
     return array
 
 
-def _read_array(stream: IO[bytes], *, available: int, max_bytes: int, field: str, what: str) -> np.ndarray:
+def _read_array(stream: IO[bytes], *, available: int, max_bytes: int, field: str, what: str,
+                kinds: str = "biuf") -> np.ndarray:
     """Parse an .npy header from ``stream`` and read exactly the data it declares."""
     shape, fortran_order, dtype = _read_header(stream, field, what)
-    if dtype.hasobject or dtype.kind not in "biuf":
+    if dtype.hasobject or dtype.kind not in kinds:
         hint = "; ragged images are saved as objects: stack same-sized images" if dtype.hasobject else ""
         raise DataError(
             field, f"{what}: element type {dtype} is not allowed (numbers only, never objects{hint})"
@@ -152,36 +152,3 @@ def _read_header(
     except (ValueError, EOFError, OSError, SyntaxError, TypeError) as error:
         raise DataError(field, f"{what}: not a valid .npy array ({error})") from error
     return tuple(int(s) for s in shape), bool(fortran_order), np.dtype(dtype)
-
-
-def _read_png(path: Path, budget: int, field: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError  # Pillow only where PNG folders are read
-
-    try:
-        with Image.open(path) as image:
-            if image.format != "PNG":
-                raise DataError(field, f"{path.name}: not a PNG image")
-            width, height = image.size
-            channels = 1 if image.mode in ("L", "1") else 3
-            if width * height * channels > budget:
-                raise DataTooLarge(
-                    field, f"{path.name}: the decoded images exceed the limit on uncompressed size"
-                )
-            return _png_pixels(image, path.name, field)
-    except DataError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
-        raise DataError(field, f"{path.name}: cannot decode the PNG image ({error})") from error
-
-
-def _png_pixels(image: object, name: str, field: str) -> np.ndarray:
-    from PIL import Image
-
-    assert isinstance(image, Image.Image)
-    if image.mode in ("L", "1"):
-        return np.asarray(image.convert("L"), dtype=np.uint8)  # (H, W)
-    if image.mode in ("RGB", "P"):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-    raise DataError(
-        field, f"{name}: colour mode {image.mode} is not supported (use 8-bit grayscale or RGB without alpha)"
-    )

@@ -1,7 +1,8 @@
 """The in-memory form of every dataset, and the checks that turn raw arrays into it.
 
 An :class:`ImageSet` always holds float32 images shaped (N, C, H, W) with values in [0, 1], whatever the
-file held (uint8 0..255 or float 0..1, channels last). Sample ids are the row indices as given.
+file held (uint8 0..255 or float 0..1, channels last). Sample ids are the row indices as given; the
+user's own ids (``keys``) and class labels travel with them when the format has them.
 Every problem with the data is a :class:`DataError` that names the offending field, so the service can
 answer 4xx and the CLI can print one line.
 """
@@ -42,7 +43,9 @@ class ImageSet:
     source_kind: SourceKind
     name: str
     original_shape: tuple[int, ...]
-    labels: np.ndarray | None = None  # (N,) int64
+    labels: np.ndarray | None = None  # (N,) int64; indices into label_names when those are known (-1: none)
+    keys: np.ndarray | None = None  # (N,) object array of str: the user's sample ids
+    label_names: tuple[str, ...] | None = None  # class names (ImageFolder folders, ClassLabel names)
 
     @property
     def count(self) -> int:
@@ -71,7 +74,20 @@ class ImageSet:
             name=name or self.name,
             original_shape=(len(indices), *self.original_shape[1:]),
             labels=labels,
+            keys=None if self.keys is None else self.keys[indices],
+            label_names=self.label_names,
         )
+
+    def label_texts(self) -> list[str | None]:
+        """Every sample's label as text (its class name when known), None where it has none."""
+        if self.labels is None:
+            return [None] * self.count
+        if self.label_names is None:
+            return [str(label) for label in self.labels.tolist()]
+        return [None if label < 0 else self.label_names[label] for label in self.labels.tolist()]
+
+    def key_texts(self) -> list[str | None]:
+        return [None] * self.count if self.keys is None else [str(key) for key in self.keys.tolist()]
 
     def describe(self) -> dict[str, Any]:
         """JSON-safe facts about the set (what `GET /datasets/{id}` shows)."""
@@ -85,6 +101,8 @@ class ImageSet:
             "max": float(self.images.max()),
             "is_8bit": self.is_8bit,
             "has_labels": self.labels is not None,
+            "has_keys": self.keys is not None,
+            "label_names": None if self.label_names is None else list(self.label_names),
         }
 
 
@@ -94,21 +112,29 @@ def image_set_from_array(
     name: str,
     field: str = "dataset",
     labels: np.ndarray | None = None,
+    keys: np.ndarray | None = None,
+    label_names: tuple[str, ...] | None = None,
 ) -> ImageSet:
-    """Check a raw array (N, H, W) or (N, H, W, C) with C in {1, 3} and convert it to an ImageSet."""
+    """Check a raw array (N, H, W) or (N, H, W, C) with C in {1, 3} and convert it to an ImageSet.
+
+    ``keys`` (one string per image) must already be checked (models.formats.base.check_keys)."""
     original_shape = tuple(int(s) for s in array.shape)
     _check_dtype(array, field)
     _check_shape(array, field)
     source_kind, images = _to_unit_float(array, field)
     # (N, H, W) -> (N, 1, H, W); (N, H, W, C) -> (N, C, H, W)
     images = images[:, None, :, :] if images.ndim == 3 else np.transpose(images, (0, 3, 1, 2))
-    checked_labels = None if labels is None else _check_labels(labels, original_shape[0], field)
+    checked_labels = None if labels is None else _check_labels(labels, original_shape[0], field, label_names)
+    if keys is not None and keys.shape != (original_shape[0],):
+        raise DataError(f"{field}.keys", f"expected {original_shape[0]} keys, got {keys.shape[0]}")
     return ImageSet(
         images=np.ascontiguousarray(images, dtype=np.float32),
         source_kind=source_kind,
         name=name,
         original_shape=original_shape,
         labels=checked_labels,
+        keys=keys,
+        label_names=label_names,
     )
 
 
@@ -176,11 +202,15 @@ def _to_unit_float(array: np.ndarray, field: str) -> tuple[SourceKind, np.ndarra
     return "float", array.astype(np.float32)
 
 
-def _check_labels(labels: np.ndarray, count: int, field: str) -> np.ndarray:
+def _check_labels(
+    labels: np.ndarray, count: int, field: str, names: tuple[str, ...] | None = None
+) -> np.ndarray:
     if labels.dtype.hasobject or labels.dtype.kind not in "iu":
         raise DataError(f"{field}.labels", f"labels must be integers, got element type {labels.dtype}")
     if labels.shape != (count,):
         raise DataError(f"{field}.labels", f"expected {count} labels shaped ({count},), got {labels.shape}")
+    if names is not None and count and (int(labels.min()) < -1 or int(labels.max()) >= len(names)):
+        raise DataError(f"{field}.labels", f"labels must index the {len(names)} class names")
     return labels.astype(np.int64)
 
 
