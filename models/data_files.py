@@ -8,7 +8,9 @@ hundred bytes. Every failure is a :class:`~models.imageset.DataError`, never a r
 
 from __future__ import annotations
 
+import math
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -56,6 +58,115 @@ def read_npz(
             budget -= 0 if array is None else array.nbytes
             optional[name] = array
     return images, optional["labels"], optional["keys"]
+
+
+@dataclass(frozen=True)
+class ArrayFacts:
+    """What validation needs from an image array, scanned chunk by chunk (never a float copy)."""
+
+    shape: tuple[int, ...]  # as stored: (N, H, W) or (N, H, W, C)
+    source_kind: str  # "uint8" or "float"
+    min: float  # on the [0, 1] scale
+    max: float
+    is_8bit: bool
+
+
+def npy_facts(path: Path, *, max_bytes: int, field: str) -> ArrayFacts:
+    file_size = _nonempty_size(path, field)
+    with path.open("rb") as stream:
+        return _scan_array(stream, available=file_size, max_bytes=max_bytes, field=field, what=path.name)
+
+
+def npz_facts(path: Path, *, max_bytes: int, field: str) -> ArrayFacts:
+    """Facts of an .npz's ``images`` member, inflated chunk by chunk (CRC checked at the end)."""
+    _nonempty_size(path, field)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise DataError(field, f"{path.name}: not a readable .npz (zip) archive") from error
+    with archive:
+        members = {info.filename: info for info in archive.infolist()}
+        if "images.npy" not in members:
+            keys = ", ".join(sorted(name.removesuffix(".npy") for name in members)) or "none"
+            raise DataError(field, f"{path.name}: no array named 'images' in the archive (found: {keys})")
+        info = members["images.npy"]
+        label = f"{path.name}:{info.filename}"
+        if info.file_size > max_bytes:
+            raise DataTooLarge(field, f"{label}: uncompressed size {info.file_size} bytes exceeds the limit "
+                                      f"of {max_bytes}")  # fmt: skip
+        try:
+            with archive.open(info) as stream:
+                facts = _scan_array(stream, available=info.file_size, max_bytes=max_bytes, field=field,
+                                    what=label)  # fmt: skip
+                if stream.read(1):
+                    raise DataError(field, f"{label}: unexpected bytes after the array data")
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+            if isinstance(error, DataError):
+                raise
+            raise DataError(field, f"{label}: the archive member is corrupt ({error})") from error
+    return facts
+
+
+SCAN_BYTES = 16 << 20
+
+
+def _scan_array(stream: IO[bytes], *, available: int, max_bytes: int, field: str, what: str) -> ArrayFacts:
+    from models.imageset import EIGHT_BIT_TOLERANCE, check_array_layout
+
+    shape, _, dtype = _read_header(stream, field, what)
+    if dtype.hasobject or dtype.kind not in "biuf":
+        hint = "; ragged images are saved as objects: stack same-sized images" if dtype.hasobject else ""
+        raise DataError(field, f"{what}: element type {dtype} is not allowed (numbers only, never "
+                               f"objects{hint})")  # fmt: skip
+    check_array_layout(np.broadcast_to(np.zeros((), dtype=dtype), shape), field)  # a view: no memory
+    count = int(np.prod(shape, dtype=np.int64))
+    data_bytes = count * dtype.itemsize
+    if data_bytes > max_bytes:
+        raise DataTooLarge(field, f"{what}: the array needs {data_bytes} bytes, over the limit of "
+                                  f"{max_bytes}")  # fmt: skip
+    if data_bytes > available:
+        raise DataError(field, f"{what}: the header declares {data_bytes} bytes of data but the file is "
+                               "smaller")  # fmt: skip
+    low, high, eight_bit, non_finite, left = math.inf, -math.inf, True, 0, data_bytes
+    step = max(dtype.itemsize, SCAN_BYTES // dtype.itemsize * dtype.itemsize)
+    while left:
+        raw = stream.read(min(step, left))
+        if not raw:
+            raise DataError(field, f"{what}: the file is truncated ({data_bytes - left} of {data_bytes} "
+                                   "data bytes)")  # fmt: skip
+        left -= len(raw)
+        chunk = np.frombuffer(raw, dtype=dtype)  # (k,) one chunk of pixels, in file order
+        if dtype.kind == "f":
+            finite = np.isfinite(chunk)
+            non_finite += int((~finite).sum())
+            if non_finite:
+                continue
+            scaled = chunk.astype(np.float64) * 255.0
+            off = np.abs(scaled - np.rint(scaled)).max(initial=0.0)
+            eight_bit = eight_bit and bool(off <= EIGHT_BIT_TOLERANCE)
+        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+    if non_finite:
+        raise DataError(field, f"{non_finite} pixel values are NaN or infinite")
+    if dtype.kind in "iu":
+        if low < 0 or high > 255:
+            raise DataError(field, f"integer pixels must lie in 0..255, found {int(low)}..{int(high)}")
+        return ArrayFacts(tuple(shape), "uint8", low / 255.0, high / 255.0, True)
+    if low < 0.0 or high > 1.0:
+        raise DataError(field, f"float pixels must lie in [0, 1], found [{low:.6g}, {high:.6g}] (uint8 data: "
+                               "keep it uint8)")  # fmt: skip
+    return ArrayFacts(tuple(shape), "float", low, high, eight_bit)  # bool: 0 and 1 are 8-bit too
+
+
+def read_npz_side(path: Path, *, max_bytes: int, field: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(labels, keys) of an .npz, without reading its images."""
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: info for info in archive.infolist()}
+        found = []
+        for name in ("labels", "keys"):
+            info = members.get(f"{name}.npy")
+            found.append(None if info is None else _read_member(archive, info, max_bytes, f"{field}.{name}",
+                                                                path.name, kinds=TEXT_KINDS))  # fmt: skip
+    return found[0], found[1]
 
 
 def text_values(array: np.ndarray, field: str) -> list[str]:

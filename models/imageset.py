@@ -167,6 +167,12 @@ def _check_dtype(array: np.ndarray, field: str) -> None:
         raise DataError(field, f"unsupported element type {array.dtype}; use uint8 0..255 or float 0..1")
 
 
+def check_array_layout(array: np.ndarray, field: str) -> None:
+    """The element type and shape rules of image_set_from_array (for scanners that never load the data)."""
+    _check_dtype(array, field)
+    _check_shape(array, field)
+
+
 def _check_shape(array: np.ndarray, field: str) -> None:
     if array.ndim not in (3, 4):
         raise DataError(
