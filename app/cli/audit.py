@@ -91,8 +91,8 @@ def add_reading_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reading the datasets")
     group.add_argument("--resize", type=_size, metavar="H,W",
                        help="resize every image to H x W (bilinear, antialiased); needed for mixed sizes")
-    group.add_argument("--mode", choices=("L", "RGB"), help="convert every image to grayscale or RGB")
-    group.add_argument("--format", dest="data_format",
+    group.add_argument("--image-mode", choices=("L", "RGB"), help="convert every image to grayscale or RGB")
+    group.add_argument("--data-format", dest="data_format",
                        choices=("auto", "array", "images", "parquet", "webdataset", "cifar10"),
                        help="how to read the path (default auto)")
 

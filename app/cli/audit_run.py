@@ -136,7 +136,7 @@ def reading_options(args: argparse.Namespace) -> dict[str, Any]:
     from models.formats import Conversion
 
     resize = getattr(args, "resize", None)
-    conversion = Conversion(resize=resize, mode=getattr(args, "mode", None))
+    conversion = Conversion(resize=resize, mode=getattr(args, "image_mode", None))
     return {"conversion": conversion, "format": getattr(args, "data_format", None) or "auto"}
 
 
