@@ -71,7 +71,8 @@ def _sniff(path: Path, filename: str, field: str) -> str:
     if head.startswith(ZIP_MAGIC):
         try:
             with zipfile.ZipFile(path) as archive:
-                return "npz" if "images.npy" in archive.namelist() else "image-zip"
+                names = archive.namelist()  # an .npz is a zip of .npy members (numpy.savez)
+                return "npz" if any(name.endswith(".npy") for name in names) else "image-zip"
         except (zipfile.BadZipFile, OSError, ValueError):
             return "npz"  # the .npz reader names the problem
     if head.startswith(GZIP_MAGIC):
