@@ -37,11 +37,13 @@ def jobs(pg_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     archive = write_zip(folder / "fashion.zip", subset).read_bytes()
     upload = pg_stack.client.post("/datasets", files={"file": ("fashion.zip", archive)})
     assert upload.status_code == 201, upload.text
-    assert upload.json()["format"] == "image-zip" and upload.json()["has_keys"] and upload.json()["has_labels"]
+    uploaded = upload.json()
+    assert uploaded["format"] == "image-zip" and uploaded["has_keys"] and uploaded["has_labels"]
     assert upload.json()["shape"] == [COUNT, 28, 28] and upload.json()["dtype"] == "uint8"
     write_webdataset(pg_stack.data_root / "wds", subset, shards=3)
     body = {"model": {"hidden": [16], "latent": 2}, "training": {"epochs": 2, "batch_size": 16},
-            "audit": {"folds": 2, "repeats": 1, "is_samples": 4, "seed": 5, "models_per_unit": 2}}  # fmt: skip
+            "audit": {"folds": 2, "repeats": 1, "is_samples": 4, "seed": 5,
+                      "models_per_unit": 2}}  # fmt: skip
     zipped = _wait(pg_stack, pg_stack.client.post("/jobs", json={
         **tiny_job({"id": upload.json()["id"]}), **body}))  # fmt: skip
     shards = _wait(pg_stack, pg_stack.client.post("/jobs", json={
