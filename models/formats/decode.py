@@ -116,7 +116,8 @@ class Conformer:
     field: str
     first_key: str | None = None
     shape: tuple[int, ...] | None = None
-    hint: str = "give dataset.resize [H, W] (and dataset.mode L or RGB) to convert them"
+    hint: str = ("give dataset.resize [H, W] (and dataset.mode L or RGB) to convert them (CLI: --resize H,W, "
+                 "--image-mode)")
     seen: int = 0
 
     def check(self, pixels: np.ndarray, key: str) -> None:
