@@ -71,7 +71,7 @@ def dataset_facts(
         return replace(_row_facts(row, settings, f"{field}.id"),
                        identity=dataset_identity(spec, session, settings, owner, field))  # fmt: skip
     if "builtin" in spec and not conversion_of(spec).active:
-        facts = _builtin_facts_for(spec["builtin"], f"{field}.builtin")
+        facts = builtin_facts_for(spec["builtin"], f"{field}.builtin")
         return replace(facts, identity=dataset_identity(spec, session, settings, owner, field))
     return _read_facts(spec, session, settings, owner, field)
 
@@ -124,7 +124,7 @@ def _row_facts(row: Dataset, settings: Settings, field: str) -> DatasetFacts:
                         is_8bit=row.is_8bit)  # fmt: skip
 
 
-def _builtin_facts_for(name: str, field: str) -> DatasetFacts:
+def builtin_facts_for(name: str, field: str) -> DatasetFacts:
     # Built-ins this server does not have are a 404, like unknown ids (app.services.datasets).
     if not is_builtin(name):
         raise NotFound(field, f"no built-in dataset {name!r} (built-ins: {', '.join(BUILTIN_NAMES)})")

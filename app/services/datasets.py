@@ -286,6 +286,7 @@ def dataset_store_of(
             return None
         identity = dataset_identity(spec, session, settings, owner, field)
         upload = uploaded_file(row, settings)
+        _check_converted_size(int(row.shape[0]), spec, settings, where)
 
         def from_upload() -> Source | None:
             source = _open(upload, where, settings, name=row.filename)
@@ -295,6 +296,7 @@ def dataset_store_of(
         if not converted:
             return None
         identity = dataset_identity(spec, session, settings, owner, field)
+        _check_converted_size(_builtin_count(spec["builtin"], where), spec, settings, where)
 
         def from_upload() -> Source | None:
             return _array_source(_load_builtin(spec["builtin"], where), where)
@@ -317,11 +319,30 @@ def dataset_store_of(
     return store
 
 
+def _check_converted_size(count: int, spec: dict[str, Any], settings: Settings, field: str) -> None:
+    """Refuse a resize whose result cannot fit MEMAUDIT_MAX_UNCOMPRESSED_BYTES before converting anything."""
+    conversion = conversion_of(spec)
+    if conversion.resize is None:
+        return
+    height, width = conversion.resize
+    needed = count * height * width * (1 if conversion.mode == "L" else 3)
+    if needed > settings.max_uncompressed_bytes:
+        raise TooLarge(f"{field.rsplit('.', 1)[0]}.resize", f"{count} images of {height}x{width} need up to "
+                       f"{needed} bytes, over the limit of {settings.max_uncompressed_bytes} "
+                       "(MEMAUDIT_MAX_UNCOMPRESSED_BYTES)")  # fmt: skip
+
+
 def _array_source(images: ImageSet, field: str) -> Source:
     try:
         return ImageSetSource(images, field)
     except DataError as error:
         raise as_service_error(error) from None
+
+
+def _builtin_count(name: str, field: str) -> int:
+    from app.services.dataset_facts import builtin_facts_for  # dataset_facts imports this module
+
+    return builtin_facts_for(name, field).count
 
 
 def store_meta(store: Path) -> dict[str, Any]:

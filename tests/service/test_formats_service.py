@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from memaudit_client import MemauditClient
 
 from tests.formats_data import fashion_subset, write_webdataset, write_zip
 from tests.service.conftest import ALICE
@@ -81,6 +82,8 @@ def test_keys_and_labels_in_every_output(pg_stack: Stack, jobs: dict[str, dict[s
     assert (detail["key"], detail["label"]) == (first["key"], first["label"])
     found = client.get(f"/jobs/{job['id']}/samples", params={"key": first["key"]})
     assert found.status_code == 200 and found.json()["sample_id"] == first["sample_id"]
+    with MemauditClient("http://testserver", api_key=ALICE, transport=client._transport) as remote:
+        assert remote.sample_by_key(job["id"], first["key"])["score"] == first["score"]
     missing = client.get(f"/jobs/{job['id']}/samples", params={"key": "no/such.png"})
     assert missing.status_code == 404 and "no sample with key" in missing.text
     rows = list(csv.DictReader(io.StringIO(client.get(f"/jobs/{job['id']}/scores.csv").text)))
@@ -120,3 +123,16 @@ def test_mixed_sizes_under_the_data_root_are_a_422_naming_the_key_unless_resized
     assert job["state"] == "succeeded", job
     assert job["summary"]["conversion"]["resize"] == [8, 8]
     assert job["spec"]["dataset"]["resize"] == [8, 8]
+
+
+def test_a_conversion_of_a_builtin_is_checked_and_recorded_before_the_job_exists(pg_stack: Stack) -> None:
+    body = tiny_job({"builtin": "digits:test", "resize": [4, 4], "mode": "RGB"})
+    created = pg_stack.client.post("/jobs", json=body)
+    assert created.status_code == 202, created.text
+    job = created.json()
+    assert job["image_shape"] == [3, 4, 4] and job["n_samples"] == 299
+    pg_stack.client.post(f"{job['url']}/cancel")
+    huge = pg_stack.client.post("/jobs", json=tiny_job({"builtin": "digits", "resize": [4096, 4096]}))
+    assert huge.status_code == 413, huge.text
+    assert huge.json()["detail"][0]["loc"] == ["dataset", "resize"]
+    assert "MEMAUDIT_MAX_UNCOMPRESSED_BYTES" in huge.json()["detail"][0]["msg"]
