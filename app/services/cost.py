@@ -23,6 +23,8 @@ from typing import Any
 
 PLANES = {"bernoulli": 1, "gaussian_diag": 2, "gaussian_const": 1, "logistic": 2}  # models.likelihoods
 MAX_CONV_SIDE = 128  # models.networks
+MIN_CONV_SIDE = 4  # models.networks
+BOTTOM_SIDE = 2  # models.networks: the encoder ends at 2x2
 KERNEL_TAPS = 16  # every conv of the VAEs and DCGANs is 4x4
 AUTOENCODER_HIDDEN = 256  # models.embeddings.EmbeddingConfig.hidden_dim
 PCA_DIMS = 64  # models.copying.CopyTestConfig.pca_dims
@@ -89,35 +91,38 @@ def mlp_vae_cost(hidden: Sequence[int], latent: int, likelihood: str, pixels: in
 
 
 def conv_canvas(image_shape: Shape) -> tuple[int, int]:
-    """(side, stages) of models.networks.conv_geometry: a power-of-two square canvas >= 16, halved to 4."""
+    """(side, stages) of models.networks.conv_geometry: a power-of-two square canvas >= 4, halved to 2."""
     longest = max(image_shape[1], image_shape[2])
     if longest > MAX_CONV_SIDE:
         raise ValueError(f"arch: the conv VAE handles images up to {MAX_CONV_SIDE} px; got "
                          f"{image_shape[1]}x{image_shape[2]}")  # fmt: skip
-    side = max(16, 1 << (longest - 1).bit_length())
-    return side, side.bit_length() - 3
+    side = max(MIN_CONV_SIDE, 1 << (longest - 1).bit_length())
+    return side, side.bit_length() - 2
 
 
 def conv_vae_cost(image_shape: Shape, base_filters: int, latent: int, likelihood: str) -> VaeCost:
-    """models.networks.ConvVAE: stride-2 convs down to 4x4, linear bottleneck, transposed convs back."""
+    """models.networks.ConvVAE (SPEC §2): bias-free stride-2 convs down to 2x2, linear mean and log-variance
+    heads, a kernel-2 transposed conv from the 1x1 latent to 2x2, then stride-2 transposed convs back."""
     channels_in = image_shape[0]
     side, stages = conv_canvas(image_shape)
     widths = [base_filters * 2**i for i in range(stages)]
-    top = widths[-1]
+    top, bottom = widths[-1], BOTTOM_SIDE * BOTTOM_SIDE
     encoder = ZERO
     for i, (a, b) in enumerate(zip([channels_in, *widths[:-1]], widths, strict=True)):
-        encoder += conv(a, b, side >> (i + 1), bias=i == 0) + (batch_norm(b) if i > 0 else ZERO)
-    encoder += linear(top * 16, 2 * latent)
-    decoder = linear(latent, top * 16) + batch_norm(top)
+        encoder += conv(a, b, side >> (i + 1), bias=False) + (batch_norm(b) if i > 0 else ZERO)
+    encoder += linear(top * bottom, 2 * latent)  # the mean and log-variance heads together
+    decoder = NetCost(latent * top * bottom, latent * top * bottom) + batch_norm(top)  # ConvT k2 from 1x1
     outs = [*reversed(widths[:-1]), PLANES[likelihood] * channels_in]
     for i, (a, b) in enumerate(zip(reversed(widths), outs, strict=True)):
         last = i == len(outs) - 1
-        decoder += conv_transpose(a, b, 4 << i, bias=last) + (ZERO if last else batch_norm(b))
+        decoder += conv_transpose(a, b, BOTTOM_SIDE << i, bias=False) + (ZERO if last else batch_norm(b))
     return VaeCost(encoder, decoder, int(likelihood == "gaussian_const"))
 
 
 def vae_cost(model: dict[str, Any], image_shape: Shape) -> VaeCost:
-    """The VAE of a request's ``model`` section on images (C, H, W)."""
+    """The VAE of a request's ``model`` section on images (C, H, W), padded as ``pad_to`` says."""
+    if model.get("pad_to") is not None:  # models.networks.model_input_shape
+        image_shape = (image_shape[0], model["pad_to"], model["pad_to"])
     if model["arch"] == "conv":
         return conv_vae_cost(image_shape, model["base_filters"], model["latent"], model["likelihood"])
     return mlp_vae_cost(model["hidden"], model["latent"], model["likelihood"], math.prod(image_shape))

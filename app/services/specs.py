@@ -157,10 +157,10 @@ def _job_kind_rules(schema: dict[str, Any]) -> None:
         {"if": kind_is("vae_audit", required=False),
          "then": {"properties": {"generated": _NULL, "mrgan": _NULL, "copy_test": _NULL}}},
         {"if": kind_is("mrgan", required=True),
-         "then": {"required": ["heldout"],
-                  "properties": {"heldout": _GIVEN, "generated": _NULL, "copy_test": _NULL}}},
+         "then": {"required": ["heldout"], "properties": {
+             "heldout": _GIVEN, "generated": _NULL, "copy_test": _NULL, "preset": _NULL}}},
         {"if": kind_is("copy_test", required=True),
-         "then": {"required": ["heldout"], "properties": {"heldout": _GIVEN, "mrgan": _NULL},
+         "then": {"required": ["heldout"], "properties": {"heldout": _GIVEN, "mrgan": _NULL, "preset": _NULL},
                   "oneOf": [generated_samples, torchscript_generator]}},
     ]  # fmt: skip
 

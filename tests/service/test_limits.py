@@ -27,7 +27,7 @@ from models.config import AuditConfig, ModelConfig, TrainConfig
 from models.embeddings import _MlpAutoencoder
 from models.gan.config import GanConfig, SweepConfig
 from models.gan.networks import build_gan
-from models.networks import build_vae
+from models.networks import build_vae, model_input_shape
 
 MODELS = [
     (ModelConfig(hidden=(1024, 512, 256), latent=16), (1, 28, 28)),  # SPEC §2 MNIST MLP
@@ -35,6 +35,8 @@ MODELS = [
     (ModelConfig(arch="conv", base_filters=32, latent=64, likelihood="gaussian_diag"), (3, 32, 32)),
     (ModelConfig(arch="conv", base_filters=8, latent=5, likelihood="logistic"), (1, 8, 8)),
     (ModelConfig(arch="conv", base_filters=4, latent=3, likelihood="gaussian_const"), (3, 100, 60)),
+    (ModelConfig(hidden=(64, 32), latent=4, pad_to=32), (1, 28, 28)),  # the mnist preset pads 28 -> 32
+    (ModelConfig(arch="conv", base_filters=4, latent=3, pad_to=32), (1, 28, 28)),
 ]
 
 
@@ -59,7 +61,7 @@ def test_vae_parameters_and_multiply_adds_are_torchs(config: ModelConfig, shape:
     model = build_vae(config, shape, 0).eval()
     counted = cost.vae_cost(config.to_dict(), shape)
     assert counted.params == _params(model)
-    images, latents = torch.rand(3, *shape), torch.randn(3, config.latent)
+    images, latents = torch.rand(3, *model_input_shape(config, shape)), torch.randn(3, config.latent)
     assert counted.encoder.macs == _macs_per_sample(lambda: model.encode(images), 3)
     assert counted.decoder.macs == _macs_per_sample(lambda: model.decode(latents), 3)
 
