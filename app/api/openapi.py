@@ -145,6 +145,9 @@ def _links(schema: Schema) -> None:
         **{name: {"operationId": operation, "parameters": {"job_id": "$response.body#/job_id",
                                                            "sample_id": "$response.body#/items/0/sample_id"}}
            for name, operation in SAMPLE_LINKS.items()},
+        "FindSampleByKey": {"operationId": "find_sample",
+                            "parameters": {"job_id": "$response.body#/job_id",
+                                           "key": "$response.body#/items/0/key"}},
     }  # fmt: skip
     uploaded = schema["paths"]["/datasets"]["post"]["responses"]["201"]
     uploaded["links"] = {"GetDataset": {"operationId": "get_dataset",

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from app.services.dataset_store import options_of
 from app.services.datasets import data_root_paths, get_dataset, load_dataset_spec
-from app.services.errors import Invalid
+from app.services.errors import Invalid, NotFound
 from app.settings import Settings
 from models.builtin_datasets import FASHION_MNIST_DIR, FASHION_MNIST_FILES, is_builtin
 from models.imageset import ImageSet
@@ -95,8 +95,8 @@ def dataset_identity(
         return f"upload:{get_dataset(session, owner, spec['id'], field=f'{field}.id').sha256}{suffix}"
     if "builtin" in spec:
         name = spec["builtin"]
-        if not is_builtin(name):
-            raise Invalid(f"{field}.builtin", f"unknown built-in dataset {name!r}")
+        if not is_builtin(name):  # names nothing on this server: 404, like loading it
+            raise NotFound(f"{field}.builtin", f"no built-in dataset {name!r}")
         files = ";".join(file_identity(path) for path in builtin_source_files(name))
         return f"builtin:{name}:{files}{suffix}"
     return "path:" + paths_identity(data_root_paths(spec["path"], settings, f"{field}.path")) + suffix

@@ -30,11 +30,15 @@ Cursor = tuple[float | None, int]
 
 
 class ScoredSample(NamedTuple):
-    """A score row with the sample's key and label (job_samples, outer-joined: None when it has none)."""
+    """A score row with the sample's key and label (job_samples, outer-joined: None when it has none).
+    The row's own columns read through (``scored.score``, ``scored.sample_id``)."""
 
     row: SampleScore
     key: str | None
     label: str | None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.row, name)
 
 
 def _scored() -> Any:  # a Select of (SampleScore, key, label)
