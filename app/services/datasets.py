@@ -42,6 +42,7 @@ from models.data_files import ArrayFacts, ensure_inside, npy_facts, npz_facts, r
 from models.formats import open_source
 from models.formats.arrays import ImageSetSource, npz_keys_and_labels
 from models.formats.base import Source
+from models.formats.decode import Conformer
 from models.formats.store import is_store, read_meta, read_store
 from models.imageset import DataError, ImageSet
 
@@ -52,6 +53,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
 ARRAY_FORMATS = frozenset({"npy", "npz"})
 CIFAR_RECORD = 3073
+CONVERT_HINT = Conformer.hint
+UPLOAD_HINT = ("uploads are stored as they are: resize them first, or put them under the data root and name "
+               "them with dataset.path and dataset.resize [H, W] (and dataset.mode)")
 FORMAT_SUFFIX = {"npy": ".npy", "npz": ".npz", "image-zip": ".zip", "tar": ".tar", "tar.gz": ".tar.gz",
                  "parquet": ".parquet", "cifar10-bin": ".bin"}  # fmt: skip
 
@@ -89,9 +93,16 @@ def _sniff(path: Path, filename: str, field: str) -> str:
 
 def array_facts(path: Path, kind: str, settings: Settings, field: str) -> ArrayFacts:
     """Facts of a stored .npy / .npz, scanned in chunks (no float copy); keys and labels checked too."""
+    return array_facts_and_details(path, kind, settings, field)[0]
+
+
+def array_facts_and_details(
+    path: Path, kind: str, settings: Settings, field: str
+) -> tuple[ArrayFacts, dict[str, Any]]:
+    """array_facts, and what the samples carry (keys, labels, class names) for the datasets row."""
     try:
         if kind == "npy":
-            return npy_facts(path, max_bytes=settings.max_uncompressed_bytes, field=field)
+            return npy_facts(path, max_bytes=settings.max_uncompressed_bytes, field=field), {}
         facts = npz_facts(path, max_bytes=settings.max_uncompressed_bytes, field=field)
         labels, keys = read_npz_side(path, max_bytes=settings.max_uncompressed_bytes, field=field)
         if labels is not None and labels.dtype.kind in "iu" and labels.shape != facts.shape[:1]:
@@ -100,8 +111,10 @@ def array_facts(path: Path, kind: str, settings: Settings, field: str) -> ArrayF
                                                f"got {labels.shape}")  # fmt: skip
         if labels is not None and labels.dtype.kind not in "iuUS":
             raise DataError(f"{field}.labels", f"labels must be integers, got element type {labels.dtype}")
-        npz_keys_and_labels(keys, labels, facts.shape[0], field)
-        return facts
+        _, indices, names = npz_keys_and_labels(keys, labels, facts.shape[0], field)
+        details = {"has_keys": keys is not None, "has_labels": indices is not None,
+                   "label_names": None if names is None else list(names)}  # fmt: skip
+        return facts, details
     except DataError as error:
         raise as_service_error(error) from None
 
@@ -156,7 +169,7 @@ def store_upload(
         shown = Path(filename).name
         try:
             if kind in ARRAY_FORMATS:
-                facts, details = array_facts(temp, kind, settings, field), None
+                facts, details = array_facts_and_details(temp, kind, settings, field)
             else:
                 store = store_dir(settings, f"upload:{sha256}", {})
                 existed = is_store(store)
@@ -168,12 +181,12 @@ def store_upload(
                            "label_names": meta["label_names"], "has_labels": meta["has_labels"],
                            "has_keys": True, "source_format": meta["format"]}  # fmt: skip
         except (Invalid, TooLarge) as error:  # name the caller's file, not our temp file
-            error.message = error.message.replace(temp.name, shown)
+            error.message = error.message.replace(temp.name, shown).replace(CONVERT_HINT, UPLOAD_HINT)
             raise
         final = settings.uploads_dir / f"{sha256}{FORMAT_SUFFIX[kind]}"
         os.replace(temp, final)  # same bytes -> same name: a concurrent twin writes identical content
         row = _insert_dataset(session, owner, sha256, filename, final.name, size, facts,
-                              details["source_format"] if details else kind, details)  # fmt: skip
+                              details.get("source_format", kind), details or None)  # fmt: skip
         store = None
         return StoredUpload(row, True)
     finally:

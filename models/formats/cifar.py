@@ -3,7 +3,8 @@
 Each record is 1 label byte and 3072 pixel bytes: 1024 red, 1024 green, 1024 blue, rows of 32 from the
 top. A path names one batch file (``test_batch.bin``) or the folder ``cifar-10-batches-bin`` (its
 ``data_batch_*.bin``, i.e. the 50,000 training images, in file-name order). ``batches.meta.txt`` beside
-the batches gives the class names. The key is ``<batch file>:<record>`` (``data_batch_1.bin:0``).
+the batches gives the class names (without it: CIFAR-10's ten,
+airplane .. truck). The key is ``<batch file>:<record>`` (``data_batch_1.bin:0``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ SIDE = 32
 RECORD = 1 + 3 * SIDE * SIDE
 RECORDS_PER_READ = 1024
 META_FILE = "batches.meta.txt"
+# The classes of CIFAR-10 in label order, for a batch without its batches.meta.txt (an uploaded batch).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def cifar_batches(folder: Path) -> list[Path]:
@@ -37,7 +40,8 @@ class CifarSource:
 
     def __init__(self, batches: list[Path], field: str, name: str) -> None:
         self.batches, self.field, self.name = batches, field, name
-        self.label_names = _class_names(batches[0].parent / META_FILE)
+        names = _class_names(batches[0].parent / META_FILE)
+        self.label_names: tuple[str, ...] | None = names or CIFAR10_CLASSES
         for batch in batches:
             size = batch.stat().st_size
             if size == 0 or size % RECORD:

@@ -464,7 +464,7 @@ def _archive_corpus() -> list[tuple[str, str, bytes, int, tuple[str, ...]]]:
         ("zip-traversal", "t.zip", _npz_with({"cat/../../evil.png": _png()}), 422, ("climbs out", "'..'")),
         ("zip-absolute-path", "a.zip", _npz_with({"/etc/evil.png": _png()}), 422, ("absolute path",)),
         ("zip-mixed-sizes", "m.zip", _npz_with({"a/1.png": _png(4), "a/2.png": _png(6)}), 422,
-         ("a/2.png: image sized 6x6 L differs from a/1.png (4x4 L)", "dataset.resize")),
+         ("a/2.png: image sized 6x6 L differs from a/1.png (4x4 L)", "dataset.path and dataset.resize")),
         ("tar-symlink", "s.tar", _tar([("cat/a.png", tarfile.SYMTYPE, b"/etc/passwd")]), 422,
          ("symbolic link",)),
         ("tar-hardlink", "h.tar", _tar([("cat/a.png", tarfile.LNKTYPE, b"/etc/shadow")]), 422,
