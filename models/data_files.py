@@ -37,16 +37,8 @@ def read_npz(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(images, labels or None, keys or None) from an .npz archive with key ``images`` and optional
     ``labels`` (integers, or strings: class names) and ``keys`` (strings, the user's sample ids)."""
-    _nonempty_size(path, field)
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
-        raise DataError(field, f"{path.name}: not a readable .npz (zip) archive") from error
+    archive, members = _open_npz(path, field)
     with archive:
-        members = {info.filename: info for info in archive.infolist()}
-        if "images.npy" not in members:
-            keys = ", ".join(sorted(name.removesuffix(".npy") for name in members)) or "none"
-            raise DataError(field, f"{path.name}: no array named 'images' in the archive (found: {keys})")
         budget = max_bytes
         images = _read_member(archive, members["images.npy"], budget, field, path.name)
         budget -= images.nbytes
@@ -79,16 +71,8 @@ def npy_facts(path: Path, *, max_bytes: int, field: str) -> ArrayFacts:
 
 def npz_facts(path: Path, *, max_bytes: int, field: str) -> ArrayFacts:
     """Facts of an .npz's ``images`` member, inflated chunk by chunk (CRC checked at the end)."""
-    _nonempty_size(path, field)
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
-        raise DataError(field, f"{path.name}: not a readable .npz (zip) archive") from error
+    archive, members = _open_npz(path, field)
     with archive:
-        members = {info.filename: info for info in archive.infolist()}
-        if "images.npy" not in members:
-            keys = ", ".join(sorted(name.removesuffix(".npy") for name in members)) or "none"
-            raise DataError(field, f"{path.name}: no array named 'images' in the archive (found: {keys})")
         info = members["images.npy"]
         label = f"{path.name}:{info.filename}"
         if info.file_size > max_bytes:
@@ -179,6 +163,21 @@ def text_values(array: np.ndarray, field: str) -> list[str]:
         except UnicodeDecodeError as error:
             raise DataError(field, "strings must be UTF-8") from error
     return [str(value) for value in array.tolist()]
+
+
+def _open_npz(path: Path, field: str) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]:
+    """The archive and its members by name; refuses empty, unreadable, and ``images``-less files."""
+    _nonempty_size(path, field)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise DataError(field, f"{path.name}: not a readable .npz (zip) archive") from error
+    members = {info.filename: info for info in archive.infolist()}
+    if "images.npy" not in members:
+        archive.close()
+        keys = ", ".join(sorted(name.removesuffix(".npy") for name in members)) or "none"
+        raise DataError(field, f"{path.name}: no array named 'images' in the archive (found: {keys})")
+    return archive, members
 
 
 def ensure_inside(path: Path, root: Path, field: str) -> Path:
