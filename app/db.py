@@ -91,6 +91,10 @@ class Dataset(Base):
     is_8bit: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # What was uploaded (revision 0006): "npy", "npz", "image-zip", "parquet", ...; NULL for .npy/.npz
+    # uploads from before. details: the canonical store's folder, class names, the conversion applied.
+    format: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Job(Base):
@@ -168,6 +172,18 @@ class SampleScore(Base):
     rho: Mapped[float | None] = mapped_column(Float, nullable=True)
     copy_count: Mapped[float | None] = mapped_column(Float, nullable=True)
     extra: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class JobSample(Base):
+    """The user's id (``key``) and class (``label``, as text) of every training sample of a job, written
+    once when the job's units are planned (revision 0006) and joined by the score queries."""
+
+    __tablename__ = "job_samples"
+    __table_args__ = (Index("ix_job_samples_job_key", "job_id", "key", unique=True),)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    sample_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    label: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
 
 # Top-k by score for one job is a range scan of this index, no sort. NULL (= non-finite score)

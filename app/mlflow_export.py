@@ -1,8 +1,9 @@
 """`memaudit export-mlflow`: one MLflow run per audit job, fetched through the REST API.
 
 The run gets the job spec as params (flattened, ``model.latent``), the summary as metrics (M quantiles,
-counts; per-epoch quantiles and loss curves as stepped metrics), tags naming the job and server, and
-two artifacts: the HTML report and the scores as Parquet. Needs the optional extra ``mlflow``
+counts, per class ``class.<label>.median|q95|count|n_above_threshold``; per-epoch quantiles and loss curves
+as stepped metrics), tags naming the job and server, and two artifacts: the HTML report and the scores as
+Parquet (with the samples' ``key`` and ``label`` columns). Needs the optional extra ``mlflow``
 (mlflow-skinny); the tracking URI is anything MLflow accepts (``file:/path/mlruns``, ``http://...``).
 """
 
@@ -56,7 +57,17 @@ def job_metrics(job: Mapping[str, Any]) -> list[tuple[str, float, int]]:
     for name in ("train_loss", "heldout_loss"):
         metrics.extend((name, float(v), epoch) for epoch, v in enumerate(summary.get(name) or [], 1)
                        if _finite(v))
+    for row in summary.get("per_class") or []:  # the per-class view (models.per_class)
+        label = metric_name(str(row.get("label")))
+        fields = ("count", "median", "q95", "n_above_threshold")
+        metrics.extend((f"class.{label}.{field}", float(row[field]), 0)
+                       for field in fields if _finite(row.get(field)))
     return metrics
+
+
+def metric_name(text: str) -> str:
+    """A label as the part of a metric name MLflow accepts (alphanumerics, _ - . space /)."""
+    return "".join(char if char.isalnum() or char in "_-. /" else "_" for char in text)[:200] or "_"
 
 
 def export_job(client: MemauditClient, job_id: str, *, tracking_uri: str | None = None,

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 200 * 1024 * 1024
     max_uncompressed_bytes: int = 2 * 1024 * 1024 * 1024
     max_json_bytes: int = 1024 * 1024
+    # Archives and folders of images (docs/science.md, "Datasets"): checked before anything is inflated.
+    max_archive_members: int = Field(default=2_000_000, ge=1, description="Members of one archive")
+    max_compression_ratio: float = Field(default=200.0, gt=1, description="Inflated / compressed bytes")
     task_time_limit_s: int = 6 * 3600
     visibility_timeout_s: int = 7 * 3600
     worker_device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
@@ -137,6 +140,11 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
+
+    @property
+    def stores_dir(self) -> Path:
+        """Canonical stores (uint8 images + keys/labels) of converted datasets, by content identity."""
+        return self.data_dir / "stores"
 
     @property
     def resolved_artifacts_dir(self) -> Path:

@@ -5,7 +5,8 @@ An :class:`ImageSet` holds images shaped (N, C, H, W), whatever the file held (u
 float32 intensities otherwise) and ``images`` the float32 intensities in [0, 1] that the science reads
 (k / 255 for uint8 sources), computed on first use and kept. Training takes ``pixels`` directly, so
 a worker holds a 60k x 28 x 28 uint8 set as its 47 MB original, not as 188 MB of floats.
-Sample ids are the row indices as given.
+Sample ids are the row indices as given; the user's own ids (``keys``) and class labels travel with
+them when the format has them.
 Every problem with the data is a :class:`DataError` that names the offending field, so the service can
 answer 4xx and the CLI can print one line.
 """
@@ -47,7 +48,9 @@ class ImageSet:
     source_kind: SourceKind
     name: str
     original_shape: tuple[int, ...]
-    labels: np.ndarray | None = None  # (N,) int64
+    labels: np.ndarray | None = None  # (N,) int64; indices into label_names when those are known (-1: none)
+    keys: np.ndarray | None = None  # (N,) object array of str: the user's sample ids
+    label_names: tuple[str, ...] | None = None  # class names (ImageFolder folders, ClassLabel names)
 
     @cached_property
     def images(self) -> np.ndarray:
@@ -96,7 +99,20 @@ class ImageSet:
             name=name or self.name,
             original_shape=(len(indices), *self.original_shape[1:]),
             labels=labels,
+            keys=None if self.keys is None else self.keys[indices],
+            label_names=self.label_names,
         )
+
+    def label_texts(self) -> list[str | None]:
+        """Every sample's label as text (its class name when known), None where it has none."""
+        if self.labels is None:
+            return [None] * self.count
+        if self.label_names is None:
+            return [str(label) for label in self.labels.tolist()]
+        return [None if label < 0 else self.label_names[label] for label in self.labels.tolist()]
+
+    def key_texts(self) -> list[str | None]:
+        return [None] * self.count if self.keys is None else [str(key) for key in self.keys.tolist()]
 
     def describe(self) -> dict[str, Any]:
         """JSON-safe facts about the set (what `GET /datasets/{id}` shows)."""
@@ -110,6 +126,8 @@ class ImageSet:
             "max": self.max_intensity,
             "is_8bit": self.is_8bit,
             "has_labels": self.labels is not None,
+            "has_keys": self.keys is not None,
+            "label_names": None if self.label_names is None else list(self.label_names),
         }
 
 
@@ -119,21 +137,29 @@ def image_set_from_array(
     name: str,
     field: str = "dataset",
     labels: np.ndarray | None = None,
+    keys: np.ndarray | None = None,
+    label_names: tuple[str, ...] | None = None,
 ) -> ImageSet:
-    """Check a raw array (N, H, W) or (N, H, W, C) with C in {1, 3} and convert it to an ImageSet."""
+    """Check a raw array (N, H, W) or (N, H, W, C) with C in {1, 3} and convert it to an ImageSet.
+
+    ``keys`` (one string per image) must already be checked (models.formats.base.check_keys)."""
     original_shape = tuple(int(s) for s in array.shape)
     _check_dtype(array, field)
     _check_shape(array, field)
     source_kind, pixels = _to_compact(array, field)
     # (N, H, W) -> (N, 1, H, W); (N, H, W, C) -> (N, C, H, W)
     pixels = pixels[:, None, :, :] if pixels.ndim == 3 else np.transpose(pixels, (0, 3, 1, 2))
-    checked_labels = None if labels is None else _check_labels(labels, original_shape[0], field)
+    checked_labels = None if labels is None else _check_labels(labels, original_shape[0], field, label_names)
+    if keys is not None and keys.shape != (original_shape[0],):
+        raise DataError(f"{field}.keys", f"expected {original_shape[0]} keys, got {keys.shape[0]}")
     return ImageSet(
         pixels=np.ascontiguousarray(pixels),
         source_kind=source_kind,
         name=name,
         original_shape=original_shape,
         labels=checked_labels,
+        keys=keys,
+        label_names=label_names,
     )
 
 
@@ -164,6 +190,12 @@ def check_likelihood_facts(
 def _check_dtype(array: np.ndarray, field: str) -> None:
     if array.dtype.hasobject or array.dtype.kind not in "biuf":
         raise DataError(field, f"unsupported element type {array.dtype}; use uint8 0..255 or float 0..1")
+
+
+def check_array_layout(array: np.ndarray, field: str) -> None:
+    """The element type and shape rules of image_set_from_array (for scanners that never load the data)."""
+    _check_dtype(array, field)
+    _check_shape(array, field)
 
 
 def _check_shape(array: np.ndarray, field: str) -> None:
@@ -209,11 +241,15 @@ def _intensity(pixels: np.ndarray, value: np.generic) -> float:
     return float(value)
 
 
-def _check_labels(labels: np.ndarray, count: int, field: str) -> np.ndarray:
+def _check_labels(
+    labels: np.ndarray, count: int, field: str, names: tuple[str, ...] | None = None
+) -> np.ndarray:
     if labels.dtype.hasobject or labels.dtype.kind not in "iu":
         raise DataError(f"{field}.labels", f"labels must be integers, got element type {labels.dtype}")
     if labels.shape != (count,):
         raise DataError(f"{field}.labels", f"expected {count} labels shaped ({count},), got {labels.shape}")
+    if names is not None and count and (int(labels.min()) < -1 or int(labels.max()) >= len(names)):
+        raise DataError(f"{field}.labels", f"labels must index the {len(names)} class names")
     return labels.astype(np.int64)
 
 

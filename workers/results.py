@@ -16,6 +16,7 @@ from app.services.score_writer import ScoreArrays
 from models.audit import AuditResult, Scores, UnitResult, combine, fold_assignment, load_unit, save_unit
 from models.audit import assemble as assemble_units
 from models.config import AuditConfig
+from models.per_class import per_class
 
 GENERATED_FILE = "generated.npy"
 
@@ -79,12 +80,19 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def summarize(result: AuditResult) -> dict[str, Any]:
-    """What GET /jobs/{id} shows once the job succeeded (M in nats)."""
+def summarize(result: AuditResult, labels: list[str | None] | None = None,
+              conversion: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """What GET /jobs/{id} shows once the job succeeded (M in nats); ``per_class`` when the samples have
+    labels (models.per_class), ``conversion`` when the images were resized / converted on reading."""
     score = result.scores.M
     finite = score[np.isfinite(score)]
     threshold = float(np.quantile(finite, 0.95)) if finite.size else None
-    return {
+    extra: dict[str, Any] = {}
+    if labels is not None:
+        extra["per_class"] = per_class(score, labels, threshold)
+    if conversion is not None:
+        extra["conversion"] = conversion
+    return {**extra,
         "n_samples": int(score.size),
         "n_models": len(result.model_ids),
         "model_parameters": result.model_parameters,  # learned parameters of one fold model

@@ -28,6 +28,7 @@ from app.faults import fault_point
 from app.lifecycle import JOB_TERMINAL, JobState, UnitState, guarded_update
 from app.services.data_identity import ImageSetCache, load_recorded
 from app.services.errors import ServiceError
+from app.services.job_samples import add_job_samples, job_labels
 from app.services.score_writer import write_scores
 from app.services.specs import JobConfigs, build_configs
 from app.services.transitions import cancel_job, fail_job, job_state
@@ -88,6 +89,11 @@ def plan_job(job_id: str) -> None:
 
 def _create_units(session: Session, job: Job) -> list[Unit]:
     device = worker_device()
+    try:
+        train = _images(session, job, "dataset")  # cached for the units that run on this worker
+    except ServiceError as error:  # the dataset is gone or changed since the job was validated
+        fail_job(session, job.id, f"{error.field}: {error.message}")
+        return []
     if job.kind in gan_runner.GAN_KINDS:
         plan = gan_runner.plan_units(job.spec, job.kind)
         if job.kind == "mrgan" and not _prepare_mrgan(session, job, device):
@@ -111,6 +117,8 @@ def _create_units(session: Session, job: Job) -> list[Unit]:
         session.rollback()  # cancelled (or failed) while planning: no units
         return []
     try:
+        session.flush()  # the units first: a twin plan fails on them before it copies the sample keys
+        add_job_samples(session, job.id, train.key_texts(), train.label_texts())
         session.commit()
     except IntegrityError:
         session.rollback()  # a twin plan_job inserted them first; theirs are identical
@@ -332,6 +340,7 @@ def finish_job(job_id: str) -> None:
         if token is None:
             return
         paths = _done_artifacts(session, job_id)
+        labels = job_labels(session, job_id, job.n_samples)
         session.commit()
     try:
         with heartbeat(
@@ -339,13 +348,13 @@ def finish_job(job_id: str) -> None:
             get_settings().heartbeat_interval_s,
             f"heartbeat-finish-{job_id}",
         ):
-            _finish_claimed(job, token, paths)
+            _finish_claimed(job, token, paths, labels)
     except OperationalError:
         claims.release_finish(job_id, token)  # not a worker death: the attempt is given back
         raise
 
 
-def _finish_claimed(job: Job, token: int, paths: list[Path]) -> None:
+def _finish_claimed(job: Job, token: int, paths: list[Path], labels: list[str | None] | None) -> None:
     """Compute the final result (no transaction open), then write it and succeed in one transaction."""
     if job.kind in gan_runner.GAN_KINDS:
         arrays, summary = gan_runner.finish(job.kind, paths)
@@ -354,7 +363,8 @@ def _finish_claimed(job: Job, token: int, paths: list[Path]) -> None:
         heldout_facts = job.spec.get("facts", {}).get("heldout")
         n_heldout = None if heldout_facts is None else int(heldout_facts["count"])
         final = final_result(paths, job.n_samples, build_configs(job.spec).audit, n_heldout)
-        arrays, summary, generated = score_arrays(final.scores), summarize(final), final
+        conversion = job.spec.get("facts", {}).get("train", {}).get("conversion")
+        arrays, summary, generated = score_arrays(final.scores), summarize(final, labels, conversion), final
     with session_scope() as session:
         if not claims.lock_finish(session, job.id, token):
             _honour_cancel(session, job.id)  # cancelled, failed or taken over while this run computed

@@ -24,7 +24,8 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 Schema = dict[str, Any]
-UPLOAD_MEDIA_TYPES = "application/x-npy, application/zip"  # .npy, and .npz (a zip of .npy members)
+# .npy; .npz or a zip of images; a tar of images or a WebDataset shard; Hugging Face parquet
+UPLOAD_MEDIA_TYPES = "application/x-npy, application/zip, application/x-tar, application/vnd.apache.parquet"
 ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
 _PATH_PATTERNS = {"job_id": patterns.UUID, "dataset_id": patterns.UUID}
 JOB_LINKS = {
@@ -144,6 +145,9 @@ def _links(schema: Schema) -> None:
         **{name: {"operationId": operation, "parameters": {"job_id": "$response.body#/job_id",
                                                            "sample_id": "$response.body#/items/0/sample_id"}}
            for name, operation in SAMPLE_LINKS.items()},
+        "FindSampleByKey": {"operationId": "find_sample",
+                            "parameters": {"job_id": "$response.body#/job_id",
+                                           "key": "$response.body#/items/0/key"}},
     }  # fmt: skip
     uploaded = schema["paths"]["/datasets"]["post"]["responses"]["201"]
     uploaded["links"] = {"GetDataset": {"operationId": "get_dataset",

@@ -5,15 +5,19 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.api.schemas import DatasetOut, JobOut, Progress, ScoreOut, ScoresInfo
-from app.db import Dataset, Job, SampleScore
+from app.db import Dataset, Job
 from app.services.jobs import aware, job_timings, job_units
+from app.services.scores import ScoredSample
 
 
 def dataset_out(row: Dataset) -> DatasetOut:
+    details = row.details or {}
     return DatasetOut(
         id=row.id, filename=row.filename, sha256=row.sha256, shape=list(row.shape), dtype=row.dtype,
         min=row.min_value, max=row.max_value, count=int(row.shape[0]), size_bytes=row.size_bytes,
-        created_at=aware(row.created_at),
+        created_at=aware(row.created_at), format=row.format or row.storage_path.rsplit(".", 1)[-1],
+        has_keys=bool(details.get("has_keys")), has_labels=bool(details.get("has_labels")),
+        label_names=details.get("label_names"),
     )
 
 
@@ -37,10 +41,12 @@ def job_out(session: Session, job: Job) -> JobOut:
     )
 
 
-def score_out(row: SampleScore) -> ScoreOut:
+def score_out(scored: ScoredSample) -> ScoreOut:
+    row = scored.row
     sample_url = f"{job_url(row.job_id)}/samples/{row.sample_id}"
     return ScoreOut(
-        job_id=row.job_id, sample_id=row.sample_id, rank=row.rank, score=row.score, log_p_in=row.log_p_in,
+        job_id=row.job_id, sample_id=row.sample_id, key=scored.key, label=scored.label, rank=row.rank,
+        score=row.score, log_p_in=row.log_p_in,
         log_p_out=row.log_p_out, n_in=row.n_in, n_out=row.n_out, rho=row.rho, copy_count=row.copy_count,
         image_url=f"{sample_url}/image.png", url=sample_url,
     )

@@ -21,6 +21,10 @@ class DatasetOut(BaseModel):
     count: int
     size_bytes: int
     created_at: dt.datetime
+    format: str = Field(description="npy, npz, image-zip, image-tar, parquet, webdataset, cifar10-bin")
+    has_keys: bool = Field(description="the samples carry the user's ids (keys)")
+    has_labels: bool
+    label_names: list[str] | None = Field(description="class names, when the format names them")
 
 
 class DatasetList(BaseModel):
@@ -70,6 +74,8 @@ class JobList(BaseModel):
 class ScoreOut(BaseModel):
     job_id: str
     sample_id: int
+    key: str | None = Field(description="the user's id of the sample (file path, id column, __key__)")
+    label: str | None = Field(description="the sample's class as text (class name when known)")
     rank: int | None = Field(description="1 = most memorized")
     score: float | None = Field(description="M = U - V in nats; null when not finite")
     log_p_in: float | None = Field(description="U: log-mean-exp over in-models")

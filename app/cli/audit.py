@@ -25,9 +25,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "dataset",
         metavar="DATASET",
-        help="built-in name (digits, fashion-mnist[:test][:pad32]), "
-        ".npz (key images, optional labels), .npy, or a folder of PNG images",
+        help="built-in name (digits, fashion-mnist[:test][:pad32]), .npz (images, optional labels and "
+        "keys), .npy, a folder / .zip / .tar(.gz) of PNG, JPEG, BMP or WebP images (ImageFolder), Hugging "
+        "Face parquet, WebDataset shards ('train-{000..009}.tar', quoted) or CIFAR-10 .bin batches",
     )
+    add_reading_options(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument(
         "--preset",
@@ -82,6 +84,27 @@ def audit_command(args: argparse.Namespace) -> int:
     from app.cli.audit_run import audit_command as run
 
     return run(args)
+
+
+def add_reading_options(parser: argparse.ArgumentParser) -> None:
+    """--resize, --mode, --format: how every dataset of the command is read (docs/science.md)."""
+    group = parser.add_argument_group("reading the datasets")
+    group.add_argument("--resize", type=_size, metavar="H,W",
+                       help="resize every image to H x W (bilinear, antialiased); needed for mixed sizes")
+    group.add_argument("--image-mode", choices=("L", "RGB"), help="convert every image to grayscale or RGB")
+    group.add_argument("--data-format", dest="data_format",
+                       choices=("auto", "array", "images", "parquet", "webdataset", "cifar10"),
+                       help="how to read the path (default auto)")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(part) for part in text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected H,W like 32,32, got {text!r}") from error
+    if not (1 <= height <= 4096 and 1 <= width <= 4096):
+        raise argparse.ArgumentTypeError(f"sides must lie in 1..4096, got {text!r}")
+    return height, width
 
 
 def _widths(text: str) -> tuple[int, ...]:

@@ -22,11 +22,16 @@ NN_COLUMNS = ("d_heldout", "d_model", "rho")
 INTERVAL_COLUMNS = ("score_se", "score_lo", "score_hi")  # SPEC §7, NaN (empty/null) when L = 1
 
 
-def score_columns(result: AuditResult, nn: NearestNeighbourComparison | None) -> dict[str, np.ndarray]:
-    """One row per training sample, in sample-id order."""
+def score_columns(
+    result: AuditResult, nn: NearestNeighbourComparison | None, train: ImageSet | None = None
+) -> dict[str, np.ndarray]:
+    """One row per training sample, in sample-id order, with its ``key`` and ``label`` (empty if none)."""
     scores = result.scores
+    count = len(scores.M)
     columns: dict[str, np.ndarray] = {
-        "sample_id": np.arange(len(scores.M), dtype=np.int64),
+        "sample_id": np.arange(count, dtype=np.int64),
+        "key": np.array(train.key_texts() if train is not None else [None] * count, dtype=object),
+        "label": np.array(train.label_texts() if train is not None else [None] * count, dtype=object),
         "score": scores.M,
         "log_p_in": scores.U,
         "log_p_out": scores.V,
@@ -45,7 +50,9 @@ def write_scores(out_dir: Path, columns: dict[str, np.ndarray], table_format: Ta
         import pyarrow.parquet as pq
 
         path = out_dir / "scores.parquet"
-        pq.write_table(pa.table(columns), path)
+        arrays = {name: pa.array(values.tolist(), type=pa.string()) if values.dtype == object else values
+                  for name, values in columns.items()}  # fmt: skip
+        pq.write_table(pa.table(arrays), path)
         return path
     path = out_dir / "scores.csv"
     names = list(columns)
@@ -72,6 +79,7 @@ def build_summary(
         "heldout": None if heldout is None else heldout.describe(),
         "quantiles": result.quantiles,
         "highly_memorized_threshold": result.quantiles.get("0.95"),
+        **_per_class(result, train),
         "model_parameters": result.model_parameters,
         **_uncertainty_summary(result),
         "timings": {**result.timings, **timings},
@@ -96,6 +104,16 @@ def build_summary(
             "rho_above_1": int(np.sum(nn.rho > 1.0)),
         }
     return summary
+
+
+def _per_class(result: AuditResult, train: ImageSet) -> dict[str, Any]:
+    """models.per_class over the training labels (none without labels)."""
+    from models.per_class import high_threshold, per_class
+
+    if train.labels is None:
+        return {}
+    score = result.scores.M
+    return {"per_class": per_class(score, train.label_texts(), high_threshold(score))}
 
 
 def _uncertainty_summary(result: AuditResult) -> dict[str, Any]:
@@ -128,12 +146,14 @@ def format_top(columns: dict[str, np.ndarray], top: int) -> str:
     order = np.argsort(np.where(np.isnan(score), -np.inf, score), kind="stable")[::-1][:top]
     names = ["sample_id", "score", "score_lo", "score_hi", "log_p_in", "log_p_out"]
     names += [c for c in NN_COLUMNS if c in columns]
-    header = "rank " + " ".join(f"{name:>12}" for name in names)
+    keyed = "key" in columns and any(key is not None for key in columns["key"].tolist())
+    header = "rank " + " ".join(f"{name:>12}" for name in names) + ("  key" if keyed else "")
     lines = [f"Top {len(order)} most memorized samples (score M = log_p_in - log_p_out, nats):", header]
     for rank, index in enumerate(order, start=1):
         cells = [f"{int(columns['sample_id'][index]):>12d}"]
         cells += [f"{float(columns[name][index]):>12.4f}" for name in names[1:]]
-        lines.append(f"{rank:>4} " + " ".join(cells))
+        suffix = f"  {columns['key'][index]}" if keyed else ""
+        lines.append(f"{rank:>4} " + " ".join(cells) + suffix)
     return "\n".join(lines)
 
 

@@ -91,7 +91,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "nn_seconds": time.perf_counter() - trained,
         "total_seconds": time.perf_counter() - started,
     }
-    columns = score_columns(result, nn)
+    columns = score_columns(result, nn, inputs.train_set)
     table = write_scores(args.out, columns, args.table_format)
     summary = build_summary(
         result=result,
@@ -115,8 +115,9 @@ def prepare_inputs(args: argparse.Namespace) -> AuditInputs:
     )
     if args.top < 0:
         raise DataError("top", f"must be >= 0, got {args.top}")
-    train_set = load_dataset(args.dataset, field="dataset")
-    heldout = None if args.heldout is None else load_dataset(args.heldout, field="heldout")
+    reading = reading_options(args)
+    train_set = load_dataset(args.dataset, field="dataset", **reading)
+    heldout = None if args.heldout is None else load_dataset(args.heldout, field="heldout", **reading)
     validate_audit_inputs(
         train_set, heldout, model_cfg.likelihood, audit_cfg.folds, repeats=audit_cfg.repeats
     )
@@ -128,6 +129,15 @@ def prepare_inputs(args: argparse.Namespace) -> AuditInputs:
         except ValueError as error:
             raise DataError("nn-downscale", str(error).removeprefix("downscale: ")) from error
     return AuditInputs(model_cfg, train_cfg, audit_cfg, train_set, heldout)
+
+
+def reading_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--resize H,W / --mode / --format as load_dataset's keyword arguments."""
+    from models.formats import Conversion
+
+    resize = getattr(args, "resize", None)
+    conversion = Conversion(resize=resize, mode=getattr(args, "image_mode", None))
+    return {"conversion": conversion, "format": getattr(args, "data_format", None) or "auto"}
 
 
 def _train(inputs: AuditInputs) -> AuditResult:

@@ -14,7 +14,8 @@ from typing import Any
 
 GAN_ARCHS = ("mlp", "dcgan")
 REJECTION_MODES = ("G", "GD")
-DATASET_HELP = "built-in name (digits, fashion-mnist[:test][:pad32]), .npz (key images), .npy or PNG folder"
+DATASET_HELP = ("built-in name (digits, fashion-mnist[:test][:pad32]), .npz, .npy, a folder / .zip / "
+                ".tar(.gz) of images, parquet, WebDataset shards or CIFAR-10 batches (docs/science.md)")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -38,6 +39,9 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--top", type=int, default=10, help="how many most-copied samples to print")
+    from app.cli.audit import add_reading_options
+
+    add_reading_options(parser)
 
 
 def _register_copytest(subparsers: argparse._SubParsersAction[Any]) -> None:

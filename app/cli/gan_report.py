@@ -52,18 +52,30 @@ def within_tau_columns(within: torch.Tensor) -> dict[str, torch.Tensor]:
     return {f"within_tau_count_{t + 1}": row for t, row in enumerate(within)}
 
 
+Names = tuple[list[str | None], list[str | None]]
+
+
+def names_of(images: Any) -> Names:
+    """(keys, labels as text) of the training samples of an ImageSet (None where there is none)."""
+    return images.key_texts(), images.label_texts()
+
+
 def copy_count_columns(
     counts: CopyCounts,
     sample_ids: np.ndarray,
     within: torch.Tensor,
     extra: dict[str, torch.Tensor] | None = None,
+    names: Names | None = None,
 ) -> dict[str, list[Any]]:
     """One row per training sample in ``copied_ranking`` order; within (T, N) are the SPEC §5 counts,
-    ``copy_count`` the nearest-credit count (docs/science.md)."""
+    ``copy_count`` the nearest-credit count (docs/science.md); ``key`` and ``label`` from ``names``."""
     order = copied_ranking(counts, within[0])
+    keys, labels = names or ([None] * len(sample_ids), [None] * len(sample_ids))
     columns: dict[str, list[Any]] = {
         "rank": list(range(1, len(order) + 1)),
         "sample_id": sample_ids[order.numpy()].tolist(),
+        "key": [keys[i] for i in order.tolist()],
+        "label": [labels[i] for i in order.tolist()],
         **{name: values.cpu()[order].tolist() for name, values in within_tau_columns(within).items()},
         "copy_count": counts.count.cpu()[order].tolist(),
         "closest_generated_distance": counts.closest.cpu()[order].tolist(),
@@ -83,11 +95,12 @@ def generated_columns(
     }
 
 
-def write_copytest(out: Path, report: CopyTestReport, sample_ids: np.ndarray) -> list[Path]:
+def write_copytest(out: Path, report: CopyTestReport, sample_ids: np.ndarray,
+                   names: Names | None = None) -> list[Path]:  # fmt: skip
     rho = report.rho
     extra = {"d_heldout": rho.heldout_distance, "d_generated": rho.generated_distance, "rho": rho.rho}
     nearest = report.generated_nearest
-    counts = copy_count_columns(report.counts, sample_ids, report.within_tau, extra)
+    counts = copy_count_columns(report.counts, sample_ids, report.within_tau, extra, names)
     return [
         write_csv(out / "cells.csv", cell_columns(report.copying.cells)),
         write_csv(out / "copy_counts.csv", counts),
@@ -95,13 +108,15 @@ def write_copytest(out: Path, report: CopyTestReport, sample_ids: np.ndarray) ->
     ]
 
 
-def write_tau_unit(folder: Path, result: TauResult, sample_ids: np.ndarray) -> None:
+def write_tau_unit(
+    folder: Path, result: TauResult, sample_ids: np.ndarray, names: Names | None = None
+) -> None:
     """cells.csv, copy_counts.csv, generated.csv, samples.npz (uint8) and generator.pt of one tau."""
     folder.mkdir(parents=True, exist_ok=True)
     counts = CopyCounts(result.copy_threshold, result.copy_count, result.closest)
     write_csv(folder / "cells.csv", cell_columns(result.cells))
     within = result.within_tau_count[None]  # (1, N): the count at this unit's tau
-    write_csv(folder / "copy_counts.csv", copy_count_columns(counts, sample_ids, within))
+    write_csv(folder / "copy_counts.csv", copy_count_columns(counts, sample_ids, within, names=names))
     generated = generated_columns(result.generated_distance, result.generated_nearest, sample_ids)
     write_csv(folder / "generated.csv", generated)
     pixels = (result.generated.cpu().numpy() * 255.0).round().astype(np.uint8)  # (m, C, H, W)

@@ -13,9 +13,11 @@ import numpy as np
 import torch
 
 from app.cli.audit_report import versions, write_summary
+from app.cli.audit_run import reading_options
 from app.cli.gan_report import (
     format_sweep,
     format_top_copied,
+    names_of,
     sweep_columns,
     write_copytest,
     write_csv,
@@ -46,8 +48,8 @@ def copytest_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         device = resolve_device(args.device)
-        train = load_dataset(args.train, field="train")
-        test = load_dataset(args.test, field="test")
+        train = load_dataset(args.train, field="train", **reading_options(args))
+        test = load_dataset(args.test, field="test", **reading_options(args))
         _check_same_shape(train, test, "test")
         _check_top(args.top)
         train_images, test_images = _tensor(train, device), _tensor(test, device)
@@ -66,7 +68,7 @@ def copytest_command(args: argparse.Namespace) -> int:
     except OSError as error:
         return _input_error("copytest", f"out: cannot create {args.out} ({error.strerror or error})")
     sample_ids = np.arange(train.count)
-    tables = write_copytest(args.out, report, sample_ids)
+    tables = write_copytest(args.out, report, sample_ids, names_of(train))
     summary = {
         **report.summary(),
         "embedding": config_to_dict(embedding),
@@ -95,7 +97,7 @@ def _generated_images(
     if args.generated is not None:
         if args.latent_dim is not None or args.n_generated is not None:
             raise DataError("generated", "--latent-dim and --n-generated only apply to --generator")
-        generated = load_dataset(args.generated, field="generated")
+        generated = load_dataset(args.generated, field="generated", **reading_options(args))
         _check_same_shape(train, generated, "generated")
         return _tensor(generated, device)
     if args.latent_dim is None:
@@ -138,9 +140,9 @@ def mrgan_command(args: argparse.Namespace) -> int:
 
 def _mrgan_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet, np.ndarray]:
     """Training set, held-out set and the training samples' ids in DATASET as given."""
-    dataset = load_dataset(args.dataset, field="dataset")
+    dataset = load_dataset(args.dataset, field="dataset", **reading_options(args))
     if args.heldout is not None:
-        heldout = load_dataset(args.heldout, field="heldout")
+        heldout = load_dataset(args.heldout, field="heldout", **reading_options(args))
         _check_same_shape(dataset, heldout, "heldout")
         return dataset, heldout, np.arange(dataset.count)
     held = np.arange(dataset.count) % HELDOUT_EVERY == HELDOUT_EVERY - 1
@@ -178,7 +180,7 @@ def _write_mrgan(
     heldout: ImageSet, device: torch.device, started: float,
 ) -> None:  # fmt: skip
     for index, result in enumerate(results):
-        write_tau_unit(args.out / f"tau_{index:02d}", result, sample_ids)
+        write_tau_unit(args.out / f"tau_{index:02d}", result, sample_ids, names_of(train))
     table = write_csv(args.out / "sweep.csv", sweep_columns(results))
     summary = {
         "units": [{"folder": f"tau_{i:02d}", **result.summary()} for i, result in enumerate(results)],

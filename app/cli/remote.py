@@ -262,7 +262,7 @@ def _scores(client: MemauditClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    columns = ("rank", "sample_id", "score", "log_p_in", "log_p_out")
+    columns = ("rank", "sample_id", "score", "log_p_in", "log_p_out", "key", "label")
     print("\t".join(columns))
     for row in rows:
         print("\t".join(_number(row.get(column)) for column in columns))

@@ -1,6 +1,7 @@
 """Self-contained HTML reports of an audit: inline SVG charts and base64 PNG images, no scripts."""
 
 from app.reports.model import (
+    ClassRow,
     CopiedSample,
     EpochQuantiles,
     GanSection,
@@ -14,6 +15,7 @@ from app.reports.model import (
 from app.reports.render import render_report
 
 __all__ = [
+    "ClassRow",
     "CopiedSample",
     "EpochQuantiles",
     "GanSection",

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.db import Job, SampleScore
 from app.reports.model import (
+    ClassRow,
     CopiedSample,
     EpochQuantiles,
     GanSection,
@@ -28,6 +29,7 @@ from app.reports.model import (
     TauRow,
 )
 from app.services.datasets import load_dataset_spec
+from app.services.job_samples import job_labels
 from app.services.scores import top_scores
 from app.settings import Settings
 
@@ -187,16 +189,17 @@ def _vae_parts(session: Session, settings: Settings, job: Job, train: np.ndarray
         # pooled sample; the pool is round-robin over the models, so its first |H| are the same choice.
         generated = generated[: len(heldout)] if len(generated) >= len(heldout) else None
     score = _column(session, job.id, SampleScore.score)
-    rows = [row for row in top_scores(session, job.id, top) if row.score is not None]
-    neighbours = _neighbours_of(train, heldout, generated, [row.sample_id for row in rows]) \
+    scored = [item for item in top_scores(session, job.id, top) if item.row.score is not None]
+    neighbours = _neighbours_of(train, heldout, generated, [item.row.sample_id for item in scored]) \
         if train is not None else {}
     entries = [
         SampleEntry(sample_id=row.sample_id, rank=row.rank or number + 1, score=float(row.score or 0.0),
                     log_p_in=row.log_p_in, log_p_out=row.log_p_out,
                     image=None if train is None else train[row.sample_id], rho=row.rho,
                     heldout_neighbour=neighbours.get(row.sample_id, (None, None))[0],
-                    generated_neighbour=neighbours.get(row.sample_id, (None, None))[1])
-        for number, row in enumerate(rows)
+                    generated_neighbour=neighbours.get(row.sample_id, (None, None))[1],
+                    key=key, label=label)
+        for number, (row, key, label) in enumerate(scored)
     ]
     epochs, losses = _epoch_sections(summary)
     quantiles = summary.get("quantiles") or {}
@@ -209,7 +212,21 @@ def _vae_parts(session: Session, settings: Settings, job: Job, train: np.ndarray
         "rho": _rho_scatter(score, stored_rho, train, heldout, generated) if score.size else None,
         "epochs": epochs,
         "losses": losses,
+        **_classes(session, job, score),
     }
+
+
+def _classes(session: Session, job: Job, score: np.ndarray) -> dict[str, Any]:
+    """The per-class view (models.per_class) when the training samples have labels."""
+    from models.per_class import high_threshold, per_class
+
+    labels = job_labels(session, job.id, len(score)) if score.size else None
+    if labels is None:
+        return {}
+    threshold = high_threshold(score)
+    rows = [ClassRow(label=r["label"], count=r["count"], median=r["median"], q95=r["q95"],
+                     n_above_threshold=r["n_above_threshold"]) for r in per_class(score, labels, threshold)]
+    return {"classes": rows, "class_threshold": threshold}
 
 
 def _gan_summary(summary: dict[str, Any]) -> dict[str, float]:

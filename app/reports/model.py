@@ -38,6 +38,19 @@ class SampleEntry:
     rho: float | None = None
     heldout_neighbour: Neighbour | None = None
     generated_neighbour: Neighbour | None = None
+    key: str | None = None  # the user's id of the sample
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class ClassRow:
+    """Memorization within one class (models.per_class): count, median and 0.95 quantile of M, above."""
+
+    label: str
+    count: int
+    median: float | None
+    q95: float | None
+    n_above_threshold: int
 
 
 @dataclass(frozen=True)
@@ -111,3 +124,5 @@ class ReportData:
     losses: LossCurves | None = None
     gan: GanSection | None = None
     notes: Sequence[str] = ()
+    classes: Sequence[ClassRow] = ()  # per label, when the training set has labels
+    class_threshold: float | None = None

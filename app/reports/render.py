@@ -52,6 +52,7 @@ def render_report(data: ReportData) -> str:
     sections = [
         _summary_section(data),
         _histogram_section(data),
+        _classes_section(data),
         _top_section(data.top),
         _rho_section(data),
         _epochs_section(data),
@@ -120,6 +121,25 @@ def _histogram_section(data: ReportData) -> str:
     return _section("Distribution of the memorization score M", chart + caption, "histogram")
 
 
+def _classes_section(data: ReportData) -> str:
+    if not data.classes:
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(row.label)}</td><td class=\"num\">{row.count}</td><td class=\"num\">"
+        f"{_fmt(row.median)}</td><td class=\"num\">{_fmt(row.q95)}</td><td class=\"num\">"
+        f"{row.n_above_threshold}</td></tr>" for row in data.classes)  # fmt: skip
+    table = ("<table><tr><th>label</th><th>samples</th><th>median M</th><th>0.95 quantile of M</th>"
+             f"<th>above the threshold</th></tr>{rows}</table>")  # fmt: skip
+    chart = svg.class_ranges([r.label for r in data.classes], [r.median for r in data.classes],
+                             [r.q95 for r in data.classes], [r.n_above_threshold for r in data.classes],
+                             threshold=data.class_threshold, ylabel="memorization score M (nats)",
+                             title="Memorization per class")  # fmt: skip
+    threshold = "" if data.class_threshold is None else f" ({svg.fmt_number(data.class_threshold)} nats)"
+    caption = (f"<p>Per class: how many samples lie above the job's 0.95 quantile of M{threshold}, and "
+               "where the class's median and 0.95 quantile of M sit.</p>")
+    return _section("Memorization per class", chart + caption + table, "classes")
+
+
 def _figure(image: Image | None, caption: str) -> str:
     if image is None:
         return f"<figure><figcaption>{escape(caption)} (no image)</figcaption></figure>"
@@ -134,7 +154,9 @@ def _neighbour_figure(neighbour: Neighbour | None, label: str) -> str:
 
 
 def _sample_card(entry: SampleEntry) -> str:
-    figures = (_figure(entry.image, f"train #{entry.sample_id}")
+    name = f"train #{entry.sample_id}" + (f" {entry.key}" if entry.key else "") + (
+        f" [{entry.label}]" if entry.label is not None else "")
+    figures = (_figure(entry.image, name)
                + _neighbour_figure(entry.heldout_neighbour, "nearest held-out")
                + _neighbour_figure(entry.generated_neighbour, "nearest generated"))
     facts = (f"rank {entry.rank} · M = {_fmt(entry.score)}<br>log p in {_fmt(entry.log_p_in)} · "

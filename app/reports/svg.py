@@ -178,3 +178,49 @@ def _finite_runs(points: list[tuple[float, float]]) -> list[list[tuple[float, fl
         elif runs[-1]:
             runs.append([])
     return [run for run in runs if run]
+
+
+def class_ranges(names: Sequence[str], medians: Sequence[float | None], highs: Sequence[float | None],
+                 above: Sequence[int], *, threshold: float | None, ylabel: str, title: str,
+                 max_classes: int = 40) -> str:  # fmt: skip
+    """Per class (categorical x): a bar from the median to the 0.95 quantile, a dot at the median, the
+    count above the threshold written over it, and the threshold as a dashed horizontal line."""
+    names, medians, highs, above = (names[:max_classes], medians[:max_classes], highs[:max_classes],
+                                    above[:max_classes])  # fmt: skip
+    values = np.asarray([v for v in [*medians, *highs, threshold] if v is not None and math.isfinite(v)],
+                        dtype=np.float64)  # fmt: skip
+    low, high = _padded_range(values if values.size else np.zeros(1), 0.12)
+    frame = Frame(-0.5, len(names) - 0.5, min(low, 0.0) if values.size and values.min() >= 0 else low, high)
+    bottom, left, right = HEIGHT - MARGIN_BOTTOM, MARGIN_LEFT, WIDTH - MARGIN_RIGHT
+    parts = [f'<line class="axis" x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>',
+             f'<line class="axis" x1="{left}" y1="{MARGIN_TOP}" x2="{left}" y2="{bottom}"/>']
+    for tick in nice_ticks(frame.y_low, frame.y_high):
+        y = frame.y(tick)
+        parts.append(f'<line class="grid" x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}"/>'
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
+                     f"{escape(fmt_number(tick))}</text>")
+    width = max(4.0, (right - left) / max(len(names), 1) * 0.35)
+    for index, (name, median, q95, count) in enumerate(zip(names, medians, highs, above, strict=True)):
+        x = frame.x(index)
+        label = escape(name if len(name) <= 14 else name[:13] + "…")
+        parts.append(f'<text x="{x:.1f}" y="{bottom + 14}" text-anchor="middle">{label}</text>')
+        if median is None or q95 is None:
+            continue
+        top_y, low_y = frame.y(q95), frame.y(median)
+        parts.append(f'<rect class="bar" x="{x - width / 2:.1f}" y="{top_y:.1f}" width="{width:.1f}" '
+                     f'height="{max(low_y - top_y, 1.0):.1f}"><title>{escape(name)}: median '
+                     f'{fmt_number(median)}, 0.95 quantile {fmt_number(q95)}, {count} above the threshold'
+                     '</title></rect>')
+        parts.append(f'<circle class="median" cx="{x:.1f}" cy="{low_y:.1f}" r="3.5" fill="#1b1f24"/>')
+        parts.append(f'<text x="{x:.1f}" y="{top_y - 5:.1f}" text-anchor="middle">{count}</text>')
+    if threshold is not None and math.isfinite(threshold):
+        y = frame.y(threshold)
+        parts.append(f'<line class="marker" x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}"/>'
+                     f'<text class="marker-label" x="{right - 4}" y="{y - 4:.1f}" text-anchor="end">'
+                     f'threshold {escape(fmt_number(threshold))}</text>')
+    parts.append(f'<text transform="translate(14 {(MARGIN_TOP + bottom) / 2:.0f}) rotate(-90)" '
+                 f'text-anchor="middle" class="label">{escape(ylabel)}</text>')
+    parts.append(f'<text x="{(left + right) / 2:.0f}" y="{HEIGHT - 8}" text-anchor="middle" '
+                 'class="label">class (bar: median to 0.95 quantile; number: samples above the threshold)'
+                 "</text>")
+    return _svg(title, parts)

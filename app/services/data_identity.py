@@ -5,27 +5,33 @@ root can be replaced between two jobs, or while a job waits. Caches are therefor
 *content identity*:
 
 - an upload: its sha256 (uploads are stored by hash and never change);
-- a data-root path: (resolved path, size, mtime_ns, inode) of the file;
+- a data-root path: (resolved path, size, mtime_ns, inode) of the file; for a folder, a digest of those
+  of every file under it; for a brace pattern, those of every shard;
 - a built-in: its name plus the same file identity of the files it is read from.
 
 A job records the identity of each of its datasets when it is validated (``spec.facts.<set>.identity``);
 workers and the API refuse to use a dataset whose identity no longer matches, so a job trains on the
-content it was validated for, or fails saying that the file changed. Later work (a memory-mapped
-per-dataset image store) keys its files by the same identity.
+content it was validated for, or fails saying that the file changed. Reading options (``resize``,
+``mode``, ``format``) are part of the identity: the canonical stores (app/services/dataset_store.py) are
+keyed by it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.services.datasets import data_root_file, get_dataset, load_dataset_spec
-from app.services.errors import Invalid
+from app.services.dataset_store import options_of
+from app.services.datasets import data_root_paths, get_dataset, load_dataset_spec
+from app.services.errors import Invalid, NotFound
 from app.settings import Settings
 from models.builtin_datasets import FASHION_MNIST_DIR, FASHION_MNIST_FILES, is_builtin
 from models.imageset import ImageSet
@@ -43,6 +49,28 @@ def file_identity(path: Path) -> str:
     return f"{resolved}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
 
 
+def tree_identity(folder: Path) -> str:
+    """A folder's identity: a digest of (relative path, size, mtime_ns, inode) of every file under it."""
+    resolved = folder.resolve()
+    digest, count = hashlib.sha256(), 0
+    for base, subfolders, files in os.walk(resolved):
+        subfolders.sort()
+        for name in sorted(files):
+            path = Path(base) / name
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            digest.update(f"{path.relative_to(resolved)}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}\n"
+                          .encode(errors="surrogateescape"))  # fmt: skip
+            count += 1
+    return f"{resolved}:tree:{count}:{digest.hexdigest()}"
+
+
+def paths_identity(paths: list[Path]) -> str:
+    return ";".join(tree_identity(path) if path.is_dir() else file_identity(path) for path in paths)
+
+
 def builtin_source_files(name: str) -> list[Path]:
     """The files a built-in dataset is read from (models.builtin_datasets), for its identity."""
     base, *options = name.split(":")
@@ -57,17 +85,21 @@ def builtin_source_files(name: str) -> list[Path]:
 
 
 def dataset_identity(
-    spec: dict[str, str], session: Session, settings: Settings, owner: str, field: str
+    spec: dict[str, Any], session: Session, settings: Settings, owner: str, field: str
 ) -> str:
-    """The content identity of a dataset spec; raises Invalid/NotFound naming the field like loading does."""
+    """The content identity of a dataset spec (its reading options included); raises Invalid/NotFound
+    naming the field like loading does."""
+    options = options_of(spec)
+    suffix = f"|{options}" if options else ""
     if "id" in spec:
-        return f"upload:{get_dataset(session, owner, spec['id'], field=f'{field}.id').sha256}"
+        return f"upload:{get_dataset(session, owner, spec['id'], field=f'{field}.id').sha256}{suffix}"
     if "builtin" in spec:
         name = spec["builtin"]
-        if not is_builtin(name):
-            raise Invalid(f"{field}.builtin", f"unknown built-in dataset {name!r}")
-        return f"builtin:{name}:" + ";".join(file_identity(path) for path in builtin_source_files(name))
-    return "path:" + file_identity(data_root_file(spec["path"], settings, f"{field}.path"))
+        if not is_builtin(name):  # names nothing on this server: 404, like loading it
+            raise NotFound(f"{field}.builtin", f"no built-in dataset {name!r}")
+        files = ";".join(file_identity(path) for path in builtin_source_files(name))
+        return f"builtin:{name}:{files}{suffix}"
+    return "path:" + paths_identity(data_root_paths(spec["path"], settings, f"{field}.path")) + suffix
 
 
 class ImageSetCache:
@@ -118,7 +150,7 @@ class ImageSetCache:
 
 
 def load_identified(
-    spec: dict[str, str],
+    spec: dict[str, Any],
     session: Session,
     settings: Settings,
     owner: str,
@@ -145,7 +177,7 @@ def load_identified(
 
 
 def load_recorded(
-    spec: dict[str, str],
+    spec: dict[str, Any],
     recorded: dict[str, object],
     session: Session,
     settings: Settings,
@@ -177,7 +209,7 @@ def load_recorded(
     return images
 
 
-def _named(spec: dict[str, str]) -> str:
+def _named(spec: dict[str, Any]) -> str:
     kind, value = next(iter(spec.items()))
     return {"id": "dataset", "builtin": "built-in dataset", "path": "the file"}[kind] + f" {value!r}"
 

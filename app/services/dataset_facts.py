@@ -19,8 +19,16 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.db import Dataset
-from app.services.data_identity import dataset_identity, load_identified
-from app.services.datasets import get_dataset, read_array_file
+from app.services.data_identity import RELOAD_TRIES, dataset_identity
+from app.services.dataset_store import conversion_of
+from app.services.datasets import (
+    array_facts,
+    data_root_paths,
+    dataset_store_of,
+    get_dataset,
+    read_array_file,
+    store_meta,
+)
 from app.services.errors import Invalid, NotFound
 from app.settings import Settings
 from models.builtin_datasets import BUILTIN_NAMES, is_builtin, load_builtin
@@ -39,6 +47,7 @@ class DatasetFacts:
     is_8bit: bool
     # app.services.data_identity: which content the facts describe (not part of what they say about it)
     identity: str | None = dataclasses.field(default=None, compare=False)
+    conversion: dict[str, Any] | None = None  # resize / mode applied while reading (models.formats.decode)
 
     @classmethod
     def of_images(cls, images: ImageSet) -> DatasetFacts:
@@ -48,22 +57,47 @@ class DatasetFacts:
 
     def summary(self) -> dict[str, Any]:
         """The JSON stored in a job's spec["facts"] (the keys from before facts existed, plus identity)."""
-        return {"count": self.count, "image_shape": list(self.image_shape), "min": self.min, "max": self.max,
-                "source_kind": self.source_kind, "identity": self.identity}  # fmt: skip
+        facts = {"count": self.count, "image_shape": list(self.image_shape), "min": self.min, "max": self.max,
+                 "source_kind": self.source_kind, "identity": self.identity}  # fmt: skip
+        return facts if self.conversion is None else {**facts, "conversion": self.conversion}
 
 
 def dataset_facts(
-    spec: dict[str, str], session: Session, settings: Settings, owner: str, field: str
+    spec: dict[str, Any], session: Session, settings: Settings, owner: str, field: str
 ) -> DatasetFacts:
     """Facts of {"id"} | {"builtin"} | {"path"}; raises Invalid/NotFound naming the field."""
-    if "id" in spec:
+    if "id" in spec and not conversion_of(spec).active:
         row = get_dataset(session, owner, spec["id"], field=f"{field}.id")
-        return replace(_row_facts(row, settings, f"{field}.id"), identity=f"upload:{row.sha256}")
-    if "builtin" in spec:
-        facts = _builtin_facts_for(spec["builtin"], f"{field}.builtin")
+        return replace(_row_facts(row, settings, f"{field}.id"),
+                       identity=dataset_identity(spec, session, settings, owner, field))  # fmt: skip
+    if "builtin" in spec and not conversion_of(spec).active:
+        facts = builtin_facts_for(spec["builtin"], f"{field}.builtin")
         return replace(facts, identity=dataset_identity(spec, session, settings, owner, field))
-    images, identity = load_identified(spec, session, settings, owner, field)
-    return replace(DatasetFacts.of_images(images), identity=identity)
+    return _read_facts(spec, session, settings, owner, field)
+
+
+def _read_facts(spec: dict[str, Any], session: Session, settings: Settings, owner: str,
+                field: str) -> DatasetFacts:  # fmt: skip
+    """Facts of a data-root path or a conversion, read from its store or scanned: never a float copy. The
+    identity is taken before and after, so that facts and identity describe the same content."""
+    for _ in range(RELOAD_TRIES):
+        identity = dataset_identity(spec, session, settings, owner, field)
+        store = dataset_store_of(spec, session, settings, owner, field)
+        if store is not None:
+            meta = store_meta(store)
+            facts = DatasetFacts(count=int(meta["count"]), image_shape=image_shape_of(meta["shape"]),
+                                 min=float(meta["min"]), max=float(meta["max"]), source_kind="uint8",
+                                 is_8bit=True, conversion=meta.get("conversion"))  # fmt: skip
+        else:
+            path = data_root_paths(spec["path"], settings, f"{field}.path")[0]
+            scanned = array_facts(path, path.suffix.lower().lstrip("."), settings, f"{field}.path")
+            facts = DatasetFacts(count=scanned.shape[0], image_shape=image_shape_of(list(scanned.shape)),
+                                 min=scanned.min, max=scanned.max,
+                                 source_kind="uint8" if scanned.source_kind == "uint8" else "float",
+                                 is_8bit=scanned.is_8bit)  # fmt: skip
+        if dataset_identity(spec, session, settings, owner, field) == identity:
+            return replace(facts, identity=identity)
+    raise Invalid(f"{field}.path", "the file kept changing while it was read; try again once it is written")
 
 
 def check_likelihood(facts: DatasetFacts, likelihood: str, field: str) -> None:
@@ -90,7 +124,7 @@ def _row_facts(row: Dataset, settings: Settings, field: str) -> DatasetFacts:
                         is_8bit=row.is_8bit)  # fmt: skip
 
 
-def _builtin_facts_for(name: str, field: str) -> DatasetFacts:
+def builtin_facts_for(name: str, field: str) -> DatasetFacts:
     # Built-ins this server does not have are a 404, like unknown ids (app.services.datasets).
     if not is_builtin(name):
         raise NotFound(field, f"no built-in dataset {name!r} (built-ins: {', '.join(BUILTIN_NAMES)})")

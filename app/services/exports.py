@@ -10,13 +10,15 @@ import io
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 
-from app.db import Job, SampleScore, get_sessionmaker
+from app.db import Job, JobSample, SampleScore, get_sessionmaker
 
 BATCH_ROWS = 20_000  # rows per DB fetch, CSV chunk and Parquet row group
-COLUMNS = ("sample_id", "rank", "score", "log_p_in", "log_p_out", "n_in", "n_out", "rho", "copy_count")
+COLUMNS = ("sample_id", "key", "label", "rank", "score", "log_p_in", "log_p_out", "n_in", "n_out", "rho",
+           "copy_count")  # fmt: skip
 _INTEGER_COLUMNS = frozenset({"sample_id", "rank", "n_in", "n_out"})
+_TEXT_COLUMNS = frozenset({"key", "label"})  # job_samples: the user's id and class, null when none
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 
 Row = Sequence[Any]
@@ -24,9 +26,10 @@ Row = Sequence[Any]
 
 def score_batches(job_id: str, batch_rows: int = BATCH_ROWS) -> Iterator[Sequence[Row]]:
     """(sample_id order) batches of rows; on PostgreSQL a server-side cursor, never the whole table."""
-    columns = [getattr(SampleScore, name) for name in COLUMNS]
-    query = (select(*columns).where(SampleScore.job_id == job_id).order_by(SampleScore.sample_id)
-             .execution_options(yield_per=batch_rows))
+    columns = [getattr(JobSample if name in _TEXT_COLUMNS else SampleScore, name) for name in COLUMNS]
+    joined = and_(JobSample.job_id == SampleScore.job_id, JobSample.sample_id == SampleScore.sample_id)
+    query = (select(*columns).outerjoin(JobSample, joined).where(SampleScore.job_id == job_id)
+             .order_by(SampleScore.sample_id).execution_options(yield_per=batch_rows))
     with get_sessionmaker()() as session:
         result = session.execute(query)
         yield from result.partitions()
@@ -84,8 +87,12 @@ class _ChunkSink:
 def parquet_schema(job: Job | None = None) -> Any:
     import pyarrow as pa
 
-    fields = [pa.field(name, pa.int64() if name in _INTEGER_COLUMNS else pa.float64(),
-                       nullable=name != "sample_id") for name in COLUMNS]
+    def kind(name: str) -> Any:
+        if name in _INTEGER_COLUMNS:
+            return pa.int64()
+        return pa.string() if name in _TEXT_COLUMNS else pa.float64()
+
+    fields = [pa.field(name, kind(name), nullable=name != "sample_id") for name in COLUMNS]
     metadata = {}
     if job is not None:  # the file says which audit it came from
         metadata = {"memaudit.job_id": job.id, "memaudit.kind": job.kind,

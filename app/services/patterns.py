@@ -13,9 +13,9 @@ UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 # A built-in dataset name with options (digits, digits:test, fashion-mnist:test:pad32). Which built-ins
 # a server has depends on what is installed there: an unknown one is a 404, like an unknown id.
 BUILTIN = r"^[a-z0-9][a-z0-9-]{0,31}(:[a-z0-9-]{1,16}){0,3}$"
-# A file under MEMAUDIT_DATA_ROOT: relative, no '..' segment, no NUL, ending in .npy or .npz. A file
-# that does not exist is a 404; one that resolves outside the root (a symlink) is a 422.
-DATA_PATH = r"^(?!/)(?!(.*/)?\.\.(/|$))[^\x00]{0,1019}\.(npy|npz)$"
+# A dataset under MEMAUDIT_DATA_ROOT: a file, a folder or a brace pattern of shards; relative, no '.' or
+# '..' segment, no NUL. A path that names nothing is a 404; one that resolves outside the root is a 422.
+DATA_PATH = r"^(?!/)(?!(.*/)?\.{1,2}(/|$))[^\x00]{1,1024}$"
 # A TorchScript file under the data root (generators and feature extractors): same rules, any suffix.
 TORCHSCRIPT_PATH = r"^(?!/)(?!(.*/)?\.\.(/|$))[^\x00]{1,1024}$"
 # 0 .. 2^31 - 1 in decimal (sample ids are a 32-bit column), without a sign or leading zeros.

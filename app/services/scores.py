@@ -10,22 +10,44 @@ from __future__ import annotations
 import io
 import math
 import struct
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select
+import numpy as np
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
-from app.db import Job, SampleScore, is_postgres
+from app.db import Job, JobSample, SampleScore, is_postgres
 from app.lifecycle import JobState
 from app.services import patterns
 from app.services.data_identity import ImageSetCache, load_recorded
-from app.services.errors import Invalid, NotFound
+from app.services.errors import Invalid, NotFound, ServiceError
 from app.services.jobs import get_job
 from app.settings import Settings
 from models.imageset import ImageSet
 
 SortOrder = Literal["score_desc", "score_asc", "sample_id"]
 Cursor = tuple[float | None, int]
+
+
+class ScoredSample(NamedTuple):
+    """A score row with the sample's key and label (job_samples, outer-joined: None when it has none).
+    The row's own columns read through (``scored.score``, ``scored.sample_id``)."""
+
+    row: SampleScore
+    key: str | None
+    label: str | None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.row, name)
+
+
+def _scored() -> Any:  # a Select of (SampleScore, key, label)
+    joined = and_(JobSample.job_id == SampleScore.job_id, JobSample.sample_id == SampleScore.sample_id)
+    return select(SampleScore, JobSample.key, JobSample.label).outerjoin(JobSample, joined)
+
+
+def _scored_rows(session: Session, query: Any) -> list[ScoredSample]:
+    return [ScoredSample(row, key, label) for row, key, label in session.execute(query)]
 
 
 def latest_scored_job(session: Session, owner: str) -> Job:
@@ -48,9 +70,9 @@ def _ascending(session: Session) -> list[ColumnElement[Any]]:
     return [score.nulls_first() if is_postgres(session) else score, SampleScore.sample_id.desc()]
 
 
-def top_scores(session: Session, job_id: str, top: int) -> list[SampleScore]:
-    query = select(SampleScore).where(SampleScore.job_id == job_id).order_by(*_descending(session))
-    return list(session.scalars(query.limit(top)))
+def top_scores(session: Session, job_id: str, top: int) -> list[ScoredSample]:
+    query = _scored().where(SampleScore.job_id == job_id).order_by(*_descending(session))
+    return _scored_rows(session, query.limit(top))
 
 
 def encode_cursor(row: SampleScore) -> str:
@@ -91,10 +113,8 @@ def _after_asc(score: float | None, sample_id: int) -> ColumnElement[bool]:
     return or_(SampleScore.score > score, and_(SampleScore.score == score, SampleScore.sample_id < sample_id))
 
 
-def _page_query(
-    session: Session, job_id: str, sort: SortOrder, after: Cursor | None
-) -> Select[SampleScore]:
-    query = select(SampleScore).where(SampleScore.job_id == job_id)
+def _page_query(session: Session, job_id: str, sort: SortOrder, after: Cursor | None) -> Any:
+    query = _scored().where(SampleScore.job_id == job_id)
     if sort == "sample_id":
         if after is not None:
             query = query.where(SampleScore.sample_id > after[1])
@@ -110,18 +130,29 @@ def _page_query(
 
 def score_page(
     session: Session, job_id: str, sort: SortOrder, limit: int, cursor: str | None
-) -> tuple[list[SampleScore], str | None]:
+) -> tuple[list[ScoredSample], str | None]:
     after = decode_cursor(cursor) if cursor is not None else None  # '' is malformed, not absent
-    rows = list(session.scalars(_page_query(session, job_id, sort, after).limit(limit + 1)))
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    rows = _scored_rows(session, _page_query(session, job_id, sort, after).limit(limit + 1))
+    next_cursor = encode_cursor(rows[limit - 1].row) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
 
-def sample_score(session: Session, job_id: str, sample_id: int) -> SampleScore:
-    row = session.get(SampleScore, (job_id, sample_id))
-    if row is None:
+def sample_score(session: Session, job_id: str, sample_id: int) -> ScoredSample:
+    query = _scored().where(SampleScore.job_id == job_id, SampleScore.sample_id == sample_id)
+    rows = _scored_rows(session, query)
+    if not rows:
         raise NotFound("sample_id", f"no score for sample {sample_id} in job {job_id} (yet)")
-    return row
+    return rows[0]
+
+
+def sample_by_key(session: Session, job_id: str, key: str) -> ScoredSample:
+    """The scored sample whose key (the user's id) is ``key``; 404 naming the key otherwise."""
+    from app.services.job_samples import sample_id_of_key
+
+    sample_id = sample_id_of_key(session, job_id, key)
+    if sample_id is None:
+        raise NotFound("key", f"job {job_id} has no sample with key {key!r}")
+    return sample_score(session, job_id, sample_id)
 
 
 # Rendering a sample needs its dataset; keep the last few loaded (an upload is read from disk), keyed
@@ -140,14 +171,37 @@ def _images_for(job: Job, session: Session, settings: Settings) -> ImageSet:
         raise NotFound("sample_id", message) from None
 
 
+def _stored_pixels(job: Job, sample_id: int, session: Session, settings: Settings) -> np.ndarray | None:
+    """One image straight from the dataset's canonical store (a memory map: nothing else is read), when
+    the dataset has one and is still the content the job was validated for; None for plain arrays."""
+    from app.services.data_identity import dataset_identity
+    from app.services.datasets import dataset_store_of
+    from models.formats.store import store_images
+
+    spec = job.spec["dataset"]
+    recorded = job.spec.get("facts", {}).get("train", {}).get("identity")
+    try:
+        current = dataset_identity(spec, session, settings, job.owner, "dataset")
+        if recorded is not None and current != recorded:
+            return None  # changed: _images_for says so
+        store = dataset_store_of(spec, session, settings, job.owner, "dataset")
+    except ServiceError:
+        return None
+    return None if store is None else np.array(store_images(store)[sample_id])  # (H, W) or (H, W, 3)
+
+
 def sample_png(session: Session, settings: Settings, owner: str, job_id: str, sample_id: int) -> bytes:
     from PIL import Image  # Pillow only where an image is rendered
 
     job = get_job(session, owner, job_id)
     if not 0 <= sample_id < job.n_samples:
         raise NotFound("sample_id", f"job {job_id} has samples 0..{job.n_samples - 1}")
-    pixels = _images_for(job, session, settings).as_uint8()[sample_id]  # (C, H, W) uint8
-    picture = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    stored = _stored_pixels(job, sample_id, session, settings)
+    if stored is not None:
+        picture = Image.fromarray(stored)
+    else:
+        pixels = _images_for(job, session, settings).as_uint8()[sample_id]  # (C, H, W) uint8
+        picture = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -87,11 +87,14 @@ def _dataset_ref_schema(schema: dict[str, Any]) -> None:
                     "description": "a built-in dataset of this server: digits, digits:train, digits:test, "
                                    "fashion-mnist[:test][:pad32] where installed (unknown: 404)"},
         "path": {"type": "string", "pattern": patterns.DATA_PATH, "maxLength": 1024,
-                 "description": ".npy/.npz file relative to MEMAUDIT_DATA_ROOT (missing: 404)"},
+                 "description": "a file, folder or brace pattern of shards relative to MEMAUDIT_DATA_ROOT "
+                                "(missing: 404)"},
     }  # fmt: skip
+    options = {name: schema["properties"][name] for name in READ_OPTIONS}
     branches = []
     for given in formats:
         properties = {key: formats[key] if key == given else {"type": "null"} for key in formats}
+        properties.update(options)
         branches.append({"type": "object", "title": f"DatasetBy{given.capitalize()}",
                          "properties": properties, "required": [given], "additionalProperties": False})
     for key in ("properties", "required", "type", "additionalProperties"):
@@ -99,14 +102,26 @@ def _dataset_ref_schema(schema: dict[str, Any]) -> None:
     schema["oneOf"] = branches
 
 
+READ_OPTIONS = ("resize", "mode", "format")
+MAX_SIDE = 4096
+
+
 class DatasetRef(BaseModel):
-    """Exactly one of: an uploaded dataset id, a built-in name, a path under the server's data root."""
+    """Exactly one of: an uploaded dataset id, a built-in name, a path under the server's data root; and
+    how to read it (docs/science.md, "Datasets")."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_dataset_ref_schema)
 
     id: str | None = Field(default=None, max_length=64, description="id returned by POST /datasets")
     builtin: str | None = Field(default=None, max_length=64, description="e.g. digits, digits:train")
     path: str | None = Field(default=None, max_length=1024, description="relative to MEMAUDIT_DATA_ROOT")
+    resize: list[Annotated[int, Field(ge=1, le=MAX_SIDE)]] | None = Field(
+        default=None, min_length=2, max_length=2,
+        description="[H, W]: resize every image (bilinear, antialiased); needed for images of mixed sizes")
+    mode: Literal["L", "RGB"] | None = Field(
+        default=None, description="convert every image to grayscale (L) or colour (RGB); drops alpha")
+    format: Literal["auto", "array", "images", "parquet", "webdataset", "cifar10"] | None = Field(
+        default=None, description="how to read the path (default auto: by suffix and content)")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DatasetRef:
@@ -115,7 +130,7 @@ class DatasetRef(BaseModel):
             raise ValueError("give exactly one of id, builtin, path")
         return self
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.model_dump().items() if value is not None}
 
 

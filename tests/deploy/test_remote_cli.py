@@ -28,6 +28,8 @@ from tests.deploy.receiver import Receiver, running_receiver
 from tests.service.jobdata import digits_subset
 
 N_TRAIN, N_HELDOUT = 60, 30
+TRAIN_KEYS = [f"digit-{i:03d}" for i in range(N_TRAIN)]
+TRAIN_LABELS = [("even", "odd", "prime")[i % 3] for i in range(N_TRAIN)]
 
 
 def _cli(server: LiveServer, capsys: pytest.CaptureFixture[str], *args: str,
@@ -48,7 +50,8 @@ def finished_job(live_server: LiveServer, receiver: Receiver,
                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One small audit with a held-out set, submitted through the CLI (a file upload + a spec file)."""
     folder = tmp_path_factory.mktemp("submit")
-    np.savez_compressed(folder / "train.npz", images=digits_subset(N_TRAIN))
+    np.savez_compressed(folder / "train.npz", images=digits_subset(N_TRAIN), keys=np.array(TRAIN_KEYS),
+                        labels=np.array(TRAIN_LABELS))  # fmt: skip
     np.savez_compressed(folder / "heldout.npz", images=digits_subset(N_HELDOUT, offset=500))
     spec = {"model": {"arch": "mlp", "hidden": [32], "latent": 4},
             "training": {"epochs": 2, "batch_size": 32},
@@ -91,6 +94,9 @@ def test_status_and_scores(live_server: LiveServer, finished_job: dict[str, Any]
     code, out, _ = _cli(live_server, capsys, "scores", finished_job["id"], "--top", "5")
     lines = out.strip().splitlines()
     assert code == 0 and lines[0].split("\t")[:3] == ["rank", "sample_id", "score"]
+    assert lines[0].split("\t")[-2:] == ["key", "label"]
+    first = lines[1].split("\t")
+    assert first[-2] == TRAIN_KEYS[int(first[1])] and first[-1] == TRAIN_LABELS[int(first[1])]
     ranks = [int(line.split("\t")[0]) for line in lines[1:]]
     assert ranks == [1, 2, 3, 4, 5]
     scores = [float(line.split("\t")[2]) for line in lines[1:]]
@@ -150,6 +156,14 @@ def test_export_mlflow_logs_params_metrics_and_artifacts(
     assert sorted(m.step for m in history) == [1, 2]
     artifacts = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run.info.run_id)}
     assert artifacts == {"report.html", "scores.parquet"}
+    per_class = {row["label"]: row for row in finished_job["summary"]["per_class"]}
+    assert set(per_class) == set(TRAIN_LABELS)
+    assert run.data.metrics["class.odd.count"] == per_class["odd"]["count"] == N_TRAIN // 3
+    assert run.data.metrics["class.prime.median"] == pytest.approx(per_class["prime"]["median"])
+    tracking = MlflowClient(tracking_uri=uri)
+    table = pq.read_table(tracking.download_artifacts(run.info.run_id, "scores.parquet", str(tmp_path)))
+    assert table.column("key").to_pylist() == TRAIN_KEYS
+    assert table.column("label").to_pylist() == TRAIN_LABELS
 
 
 def test_server_errors_are_one_line_and_exit_1(live_server: LiveServer, capsys: pytest.CaptureFixture[str],

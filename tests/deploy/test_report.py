@@ -118,3 +118,52 @@ def test_report_renders_in_headless_chromium(kind: str, tmp_path: Path) -> None:
     assert result["images"] == html.count("<img ") > 0
     assert result["loaded"] == result["images"], result
     assert result["charts"] == html.count('<svg class="chart"') > 0
+
+
+def _class_report() -> ReportData:
+    """Digits scores (planted: class 7 memorized more) summarised per label by models.per_class."""
+    from app.reports import ClassRow
+    from models.per_class import high_threshold, per_class
+    from tests.deploy.report_data import digits_images
+
+    count = len(digits_images())
+    rng = np.random.default_rng(1)
+    labels = [str(i % 10) for i in range(count)]
+    scores = rng.normal(0.0, 0.5, size=count) + np.array([1.5 if label == "7" else 0.0 for label in labels])
+    threshold = high_threshold(scores)
+    rows = [ClassRow(label=r["label"], count=r["count"], median=r["median"], q95=r["q95"],
+                     n_above_threshold=r["n_above_threshold"]) for r in per_class(scores, labels, threshold)]
+    return ReportData(job_id="j", title="per class", kind="vae_audit", state=JobState.SUCCEEDED,
+                      generated_at="2026-12-02T00:00:00Z", classes=rows, class_threshold=threshold)
+
+
+def test_per_class_section_lists_every_label_with_its_counts() -> None:
+    data = _class_report()
+    html = render_report(data)
+    assert "Memorization per class" in html and html.count('<svg class="chart"') == 1
+    assert [row.label for row in data.classes] == [str(i) for i in range(10)]  # numeric order
+    seven = data.classes[7]
+    assert seven.n_above_threshold == max(row.n_above_threshold for row in data.classes) > 0
+    assert f"<td>7</td><td class=\"num\">{seven.count}</td>" in html
+    assert html.count('<rect class="bar"') == 10
+
+
+def test_per_class_plot_renders_in_headless_chromium(tmp_path: Path) -> None:
+    """Chromium draws one bar per class: count the blue columns of the screenshot."""
+    binary = chromium_or_skip()
+    html = render_report(_class_report())
+    page = tmp_path / "classes.html"
+    page.write_text(html)
+    screenshot = tmp_path / "classes.png"
+    shot = run_chromium(binary, page, tmp_path / "profile", f"--screenshot={screenshot}",
+                        "--window-size=900,900")
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    assert not console_messages(shot.stderr), console_messages(shot.stderr)
+    pixels = np.asarray(Image.open(screenshot).convert("RGB")).astype(int)
+    blue = (np.abs(pixels - np.array([0x1F, 0x6F, 0xEB])).sum(axis=2) < 60)  # svg .bar fill
+    columns = blue.any(axis=0)
+    runs = int(np.sum(columns[1:] & ~columns[:-1]) + columns[0])
+    assert runs == 10, runs
+    probed = run_chromium(binary, probe_copy(html, tmp_path / "probe.html"), tmp_path / "profile-probe",
+                          "--dump-dom", "--virtual-time-budget=5000")
+    assert probe_result(probed.stdout)["charts"] == 1

@@ -1,6 +1,7 @@
 """schemathesis hooks (SCHEMATHESIS_HOOKS=tests.reliability.schemathesis_hooks): what an upload holds.
 
-POST /datasets declares its file part as ``application/x-npy`` or ``application/zip`` (an .npz). JSON
+POST /datasets declares its file part as ``application/x-npy``, ``application/zip`` (an .npz),
+``application/x-tar`` (a tar of images, ImageFolder layout) or ``application/vnd.apache.parquet``. JSON
 Schema cannot say what makes such bytes a dataset, so these strategies generate files that follow the
 rules docs/api.md states: an (N, H, W) or (N, H, W, C) array with C in {1, 3}, uint8 0..255 or float
 0..1 (finite); an .npz holds it as ``images`` with optional integer ``labels`` (N,). Without them
@@ -60,5 +61,53 @@ def npz_files(draw: st.DrawFn) -> bytes:
     return buffer.getvalue()
 
 
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@st.composite
+def encoded_images(draw: st.DrawFn) -> list[tuple[str, bytes]]:
+    """(relative path, PNG bytes) of 1..6 same-sized uint8 images in class folders."""
+    count, height, width, channels = draw(_SHAPES)
+    generator = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    shape = (height, width) if channels in (None, 1) else (height, width, 3)
+    return [(f"class{i % 2}/{i:03d}.png", _png(generator.integers(0, 256, size=shape, dtype=np.uint8)))
+            for i in range(min(count, 6))]  # fmt: skip
+
+
+@st.composite
+def image_tars(draw: st.DrawFn) -> bytes:
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in draw(encoded_images()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@st.composite
+def parquet_files(draw: st.DrawFn) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = draw(encoded_images())
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cells = [{"bytes": data, "path": None} for _, data in images]
+    labels = [i % 2 for i in range(len(images))]
+    table = pa.table({"image": pa.array(cells, type=image_type), "label": labels})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
 schemathesis.openapi.media_type("application/x-npy", npy_files())
 schemathesis.openapi.media_type("application/zip", npz_files())
+schemathesis.openapi.media_type("application/x-tar", image_tars())
+schemathesis.openapi.media_type("application/vnd.apache.parquet", parquet_files())

@@ -42,7 +42,7 @@ class World:
 def world(keyed_stack: Stack) -> World:
     client = keyed_stack.client
     upload = client.post(
-        "/datasets", files={"file": ("a.npz", npz_bytes(digits_subset(45)))}, headers=bearer(ALICE)
+        "/datasets", files={"file": ("a.npz", npz_bytes(digits_subset(45), keys=KEYS))}, headers=bearer(ALICE)
     )
     assert upload.status_code == 201, upload.text
     dataset_id = upload.json()["id"]
@@ -56,6 +56,7 @@ def world(keyed_stack: Stack) -> World:
 
 
 FRESH_UPLOAD = npz_bytes(digits_subset(12, offset=500))
+KEYS = np.array([f"digit-{i:03d}" for i in range(45)])
 
 # (method, route template as in OpenAPI, concrete path, {caller: status})
 TABLE: list[tuple[str, str, str, dict[str, int]]] = [
@@ -87,6 +88,12 @@ TABLE: list[tuple[str, str, str, dict[str, int]]] = [
         "GET",
         "/jobs/{job_id}/scores",
         "/jobs/{job_id}/scores",
+        {"none": 401, "malformed": 401, "other": 404, "own": 200},
+    ),
+    (
+        "GET",
+        "/jobs/{job_id}/samples",
+        "/jobs/{job_id}/samples?key=digit-003",
         {"none": 401, "malformed": 401, "other": 404, "own": 200},
     ),
     (

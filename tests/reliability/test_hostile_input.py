@@ -26,6 +26,7 @@ from tests.service.jobdata import digits_subset, npy_bytes, npz_bytes, tiny_job
 pytestmark = [pytest.mark.service, pytest.mark.timeout(180)]
 AS_ALICE = bearer(ALICE)
 SMALL_LIMIT = 200_000  # uploads, JSON bodies and uncompressed arrays in the limited app
+MAX_MEMBERS = 50  # archive members in the limited app
 
 
 def _npy_header_only(shape: tuple[int, ...], dtype: str = "<u1") -> bytes:
@@ -93,7 +94,9 @@ def _counts(stack: Stack) -> dict[str, Any]:
     with session_scope() as session:
         datasets = session.scalar(select(func.count()).select_from(Dataset))
         jobs = session.scalar(select(func.count()).select_from(Job))
-    return {"datasets": datasets, "jobs": jobs, "uploads": sorted(os.listdir(stack.data_dir / "uploads"))}
+    stores = stack.data_dir / "stores"
+    return {"datasets": datasets, "jobs": jobs, "uploads": sorted(os.listdir(stack.data_dir / "uploads")),
+            "stores": sorted(os.listdir(stores)) if stores.is_dir() else []}
 
 
 @pytest.fixture
@@ -113,6 +116,7 @@ def limited_client(keyed_stack: Stack) -> Iterator[TestClient]:
         "MEMAUDIT_MAX_UPLOAD_BYTES": str(SMALL_LIMIT),
         "MEMAUDIT_MAX_JSON_BYTES": str(SMALL_LIMIT),
         "MEMAUDIT_MAX_UNCOMPRESSED_BYTES": str(SMALL_LIMIT),
+        "MEMAUDIT_MAX_ARCHIVE_MEMBERS": str(MAX_MEMBERS),
     }
     with environment(limits), TestClient(create_app()) as client:
         yield client
@@ -402,3 +406,115 @@ def test_webhooks_aimed_inside_are_refused_at_submit(
     response = keyed_stack.client.post("/jobs", json=body, headers=AS_ALICE)
     _assert_refused(response, 422, (kind, "MEMAUDIT_WEBHOOK_ALLOW_PRIVATE"))
     assert response.json()["detail"][0]["loc"] == ["webhook_url"]
+
+
+# ---- hostile archives (image zips and tars, parquet, shards): refused before anything is inflated ----
+
+
+def _png(side: int = 4, value: int = 0) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((side, side), value, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tar(members: list[tuple[str, bytes | None, bytes]], gz: bool = False) -> bytes:
+    """(name, tar type or None for a regular file, data or link target) as a .tar / .tar.gz."""
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w") as archive:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            if kind is None:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+                continue
+            info.type = kind
+            if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                info.linkname = data.decode()
+            else:
+                info.devmajor, info.devminor = 1, 3
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+def _parquet_paths_only() -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"image": pa.array([{"bytes": None, "path": "/etc/passwd"}], type=image_type)}),
+                   buffer)  # fmt: skip
+    return buffer.getvalue()
+
+
+def _archive_corpus() -> list[tuple[str, str, bytes, int, tuple[str, ...]]]:
+    import tarfile
+
+    zeros = bytes(1_000_000)  # inflates to 5x the limited app's limit
+    return [
+        ("zip-bomb-declared-size", "bomb.zip", _npz_with({"a.png": zeros}), 413,
+         ("declared uncompressed size", "exceeds the limit")),
+        ("zip-too-many-members", "many.zip",
+         _npz_with({f"c/{i}.png": _png() for i in range(MAX_MEMBERS + 5)}),
+         413, (f"more than {MAX_MEMBERS} members",)),
+        ("zip-traversal", "t.zip", _npz_with({"cat/../../evil.png": _png()}), 422, ("climbs out", "'..'")),
+        ("zip-absolute-path", "a.zip", _npz_with({"/etc/evil.png": _png()}), 422, ("absolute path",)),
+        ("zip-mixed-sizes", "m.zip", _npz_with({"a/1.png": _png(4), "a/2.png": _png(6)}), 422,
+         ("a/2.png: image sized 6x6 L differs from a/1.png (4x4 L)", "dataset.path and dataset.resize")),
+        ("tar-symlink", "s.tar", _tar([("cat/a.png", tarfile.SYMTYPE, b"/etc/passwd")]), 422,
+         ("symbolic link",)),
+        ("tar-hardlink", "h.tar", _tar([("cat/a.png", tarfile.LNKTYPE, b"/etc/shadow")]), 422,
+         ("hard link",)),
+        ("tar-device", "d.tar", _tar([("cat/a.png", tarfile.CHRTYPE, b"")]), 422, ("device file",)),
+        ("tar-traversal", "t.tar", _tar([("../../evil.png", None, _png())]), 422, ("climbs out",)),
+        ("tar-absolute-path", "a.tar", _tar([("/abs/evil.png", None, _png())]), 422, ("absolute path",)),
+        ("tar-gz-bomb", "bomb.tar.gz", _tar([("a.png", None, zeros)], gz=True), 413,
+         ("declares 1000000 bytes",)),
+        ("tar-gz-garbage", "g.tar.gz", b"\x1f\x8b" + b"garbage" * 40, 422, ("not a readable tar",)),
+        ("parquet-rows-naming-files", "p.parquet", _parquet_paths_only(), 422, ("image bytes are missing",)),
+        ("npz-duplicate-keys", "k.npz", npz_bytes(digits_subset(4), keys=np.array(["a", "b", "a", "b"])), 422,
+         ("keys must be unique", "'a', 'b'")),
+    ]  # fmt: skip
+
+
+ARCHIVE_CORPUS = _archive_corpus()
+
+
+@pytest.mark.parametrize(
+    ("name", "filename", "payload", "status", "words"), ARCHIVE_CORPUS, ids=[c[0] for c in ARCHIVE_CORPUS]
+)
+def test_hostile_archives_are_refused_and_leave_nothing(
+    limited_client: TestClient, unchanged: None, name: str, filename: str, payload: bytes, status: int,
+    words: tuple[str, ...],
+) -> None:
+    assert len(payload) < SMALL_LIMIT
+    response = limited_client.post("/datasets", files={"file": (filename, payload)}, headers=AS_ALICE)
+    _assert_refused(response, status, words)
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["zip-bomb-by-ratio", "tar-gz-bomb-by-ratio"])
+def test_bombs_within_the_size_limit_are_refused_by_their_compression_ratio(
+    keyed_stack: Stack, unchanged: None, gz: bool
+) -> None:
+    zeros = bytes(8 << 20)  # 8 MiB of zeros: far under 2 GiB, but ~1000x smaller compressed
+    payload = _tar([("a.png", None, zeros)], gz=True) if gz else _npz_with({"a.png": zeros})
+    assert len(payload) < 100_000
+    name = "r.tar.gz" if gz else "r.zip"
+    with environment({"MEMAUDIT_MAX_UNCOMPRESSED_BYTES": str(1 << 30)}):  # not the size limit: the ratio
+        response = keyed_stack.client.post("/datasets", headers=AS_ALICE, files={"file": (name, payload)})
+    _assert_refused(response, 413, ("compression ratio", "decompression bomb"))
+
+
+def test_a_hostile_tar_under_the_data_root_is_refused_when_a_job_names_it(
+    keyed_stack: Stack, unchanged: None
+) -> None:
+    import tarfile
+
+    (keyed_stack.data_root / "links.tar").write_bytes(_tar([("cat/a.png", tarfile.SYMTYPE, b"/etc/passwd")]))
+    response = keyed_stack.client.post("/jobs", json=tiny_job({"path": "links.tar"}), headers=AS_ALICE)
+    _assert_refused(response, 422, ("symbolic link",))
+    assert response.json()["detail"][0]["loc"] == ["dataset", "path"]

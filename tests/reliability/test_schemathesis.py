@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.service.conftest import ALICE, API_KEYS, bearer
@@ -39,6 +40,9 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+KEYS = np.array([f"digit-{i:02d}" for i in range(30)])  # so the link GET /scores -> find_sample resolves
+
+
 def _finished_job(env: dict[str, str]) -> str:
     """A dataset and a job run to success in-process (the worker's functions, called directly)."""
     from fastapi.testclient import TestClient
@@ -50,8 +54,8 @@ def _finished_job(env: dict[str, str]) -> str:
     with environment(env):
         upgrade_to_head(env["MEMAUDIT_DATABASE_URL"])
         with TestClient(create_app()) as client:
-            upload = client.post("/datasets", files={"file": ("d.npz", npz_bytes(digits_subset(30)))},
-                                 headers=bearer(ALICE))  # fmt: skip
+            data = npz_bytes(digits_subset(30), keys=KEYS)
+            upload = client.post("/datasets", files={"file": ("d.npz", data)}, headers=bearer(ALICE))
             body = tiny_job({"id": upload.json()["id"]}, epochs=1, batch_size=16)  # <= the 30 samples
             job_id: str = client.post("/jobs", json=body, headers=bearer(ALICE)).json()["id"]
         runner.plan_job(job_id)

@@ -40,7 +40,10 @@ def digits_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _read_csv(path: Path) -> dict[str, np.ndarray]:
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
-    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
+    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0] if key not in TEXT_COLUMNS}
+
+
+TEXT_COLUMNS = ("key", "label")  # the user's ids and classes (empty for an .npz without them)
 
 
 def test_audit_writes_scores_summary_and_prints_the_top_ten(
@@ -51,7 +54,10 @@ def test_audit_writes_scores_summary_and_prints_the_top_ten(
     printed = capsys.readouterr()
     assert printed.err == ""  # not a terminal: no progress bar
     table = _read_csv(out / "scores.csv")
-    assert list(table) == ["sample_id", "score", "log_p_in", "log_p_out", "score_se", "score_lo", "score_hi"]
+    with (out / "scores.csv").open() as handle:
+        header = next(csv.reader(handle))
+    assert header == ["sample_id", "key", "label", "score", "log_p_in", "log_p_out", "score_se", "score_lo",
+                      "score_hi"]  # fmt: skip
     assert np.isnan(table["score_se"]).all()  # L = 1: no interval
     np.testing.assert_array_equal(table["sample_id"], np.arange(120))
     np.testing.assert_allclose(table["score"], table["log_p_in"] - table["log_p_out"], atol=1e-9)
@@ -82,9 +88,10 @@ def test_heldout_adds_per_sample_nearest_neighbour_columns_in_parquet(
     assert main([*args, "--format", "parquet", "--eval-every", "1", "--top", "3"]) == 0
     table = pq.read_table(out / "scores.parquet").to_pydict()
     assert list(table) == [
-        "sample_id", "score", "log_p_in", "log_p_out", "score_se", "score_lo", "score_hi",
+        "sample_id", "key", "label", "score", "log_p_in", "log_p_out", "score_se", "score_lo", "score_hi",
         "d_heldout", "d_model", "rho",
     ]  # fmt: skip
+    assert set(table["key"]) == {None} and set(table["label"]) == {None}  # an .npz without them: null
     d_h, d_s, rho = (np.array(table[name]) for name in ("d_heldout", "d_model", "rho"))
     np.testing.assert_allclose(rho, d_h / d_s)
     train = load_dataset(train_path).images.reshape(120, -1).astype(np.float64)
@@ -237,3 +244,30 @@ def test_presets_fill_in_the_papers_settings_and_explicit_options_win(
     assert (model["arch"], model["likelihood"], model["latent"], model["base_filters"]) == (
         "conv", "gaussian_const", 4, 4,
     )  # fmt: skip
+
+
+def test_keys_and_labels_of_an_image_folder_zip_reach_scores_csv_and_the_per_class_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.formats_data import fashion_subset, write_zip
+
+    subset = fashion_subset(40, offset=300)
+    archive = write_zip(tmp_path / "fashion.zip", subset, kinds=("png", "jpg"))
+    out = tmp_path / "out"
+    assert main(["audit", str(archive), "--out", str(out), "--resize", "8,8", *TINY]) == 0
+    with (out / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["key"].rsplit(".", 1)[0] for row in rows] == subset.stems
+    assert [row["label"] for row in rows] == subset.names
+    summary = json.loads((out / "summary.json").read_text())
+    classes = {row["label"]: row for row in summary["per_class"]}
+    assert set(classes) == set(subset.names)
+    assert sum(row["count"] for row in classes.values()) == 40
+    threshold = summary["highly_memorized_threshold"]
+    for name, row in classes.items():
+        mine = np.array([float(r["score"]) for r in rows if r["label"] == name])
+        assert row["median"] == pytest.approx(np.median(mine))
+        assert row["n_above_threshold"] == int((mine > threshold).sum())
+    assert summary["dataset"]["has_keys"] and summary["dataset"]["image_shape"] == [1, 8, 8]
+    best = max(rows, key=lambda row: float(row["score"]))
+    assert best["key"] in capsys.readouterr().out  # the printed top list names keys

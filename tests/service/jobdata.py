@@ -16,9 +16,10 @@ def digits_subset(count: int, offset: int = 0) -> np.ndarray:
     return np.rint(images * (255.0 / 16.0)).astype(np.uint8)
 
 
-def npz_bytes(images: np.ndarray) -> bytes:
+def npz_bytes(images: np.ndarray, **extra: np.ndarray) -> bytes:
+    """An .npz of ``images`` (and e.g. ``keys=`` / ``labels=`` arrays)."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, images=images)
+    np.savez_compressed(buffer, images=images, **extra)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 

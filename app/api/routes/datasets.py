@@ -25,7 +25,8 @@ UPLOAD_RESPONSES: dict[int | str, dict[str, object]] = {
 @router.post("", operation_id="upload_dataset", response_model=DatasetOut,
              status_code=status.HTTP_201_CREATED, responses=UPLOAD_RESPONSES)
 def upload_dataset(
-    file: Annotated[UploadFile, File(description=".npy array or .npz with 'images' (+ 'labels')")],
+    file: Annotated[UploadFile, File(description=".npy / .npz, a .zip / .tar / .tar.gz of images, parquet, "
+                                                 "a WebDataset shard or a CIFAR-10 batch (docs/api.md)")],
     session: SessionDep, settings: SettingsDep, owner: OwnerDep, response: Response,
 ) -> DatasetOut:
     filename = file.filename or "upload"

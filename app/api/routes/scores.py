@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.presenters import score_out
 from app.api.schemas import SampleOut, ScorePage, TopScores
+from app.db import Job
 from app.services import jobs as job_service
 from app.services import scores as service
 from app.services.errors import Invalid
@@ -50,15 +51,29 @@ def list_job_scores(
                      items=[score_out(r) for r in rows], next_cursor=next_cursor)
 
 
+@router.get("/jobs/{job_id}/samples", operation_id="find_sample", response_model=SampleOut,
+            responses={404: {"description": "no such job, or no sample with this key"}})
+def find_sample(
+    job_id: JobIdPath, session: SessionDep, owner: OwnerDep,
+    key: Annotated[str, Query(min_length=1, max_length=1024, description="the sample's key (your id)")],
+) -> SampleOut:
+    job = job_service.get_job(session, owner, job_id)
+    return _sample_out(job, service.sample_by_key(session, job.id, key))
+
+
 @router.get("/jobs/{job_id}/samples/{sample_id}", operation_id="get_sample", response_model=SampleOut,
             responses={404: {"description": "no such job or no score for this sample yet"}})
 def get_sample(job_id: JobIdPath, sample_id: SampleIdPath, session: SessionDep, owner: OwnerDep) -> SampleOut:
     job = job_service.get_job(session, owner, job_id)
-    row = service.sample_score(session, job.id, sample_id)
+    return _sample_out(job, service.sample_score(session, job.id, sample_id))
+
+
+def _sample_out(job: Job, scored: service.ScoredSample) -> SampleOut:
     threshold = (job.summary or {}).get("highly_memorized_threshold")
-    above = None if threshold is None or row.score is None else bool(row.score > threshold)
-    fields = score_out(row).model_dump()
-    return SampleOut(**fields, provisional=job.scores_provisional, highly_memorized=above)
+    score = scored.row.score
+    above = None if threshold is None or score is None else bool(score > threshold)
+    return SampleOut(**score_out(scored).model_dump(), provisional=job.scores_provisional,
+                     highly_memorized=above)  # fmt: skip
 
 
 @router.get("/jobs/{job_id}/samples/{sample_id}/image.png", operation_id="get_sample_image",

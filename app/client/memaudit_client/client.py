@@ -186,6 +186,17 @@ class MemauditClient:
         result: JsonObject = self._json("GET", f"/jobs/{job_id}/scores", params=params)
         return result
 
+    def sample(self, job_id: str, sample_id: int) -> JsonObject:
+        """One sample's scores, with its ``key`` and ``label``."""
+        result: JsonObject = self._json("GET", f"/jobs/{job_id}/samples/{int(sample_id)}")
+        return result
+
+    def sample_by_key(self, job_id: str, key: str) -> JsonObject:
+        """The sample whose key (your own id: a file path, a parquet ``id``, a WebDataset ``__key__``) is
+        ``key``; MemauditError with status 404 when the job has none."""
+        result: JsonObject = self._json("GET", f"/jobs/{job_id}/samples", params={"key": key})
+        return result
+
     def iter_scores(
         self, job_id: str, *, page_size: int = 1000, sort: str = "score_desc"
     ) -> Iterator[JsonObject]:
