@@ -59,7 +59,7 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobOut:
 
 
 @router.get("/{job_id}/provenance", operation_id="get_job_provenance", response_model=ProvenanceOut,
-            response_model_by_alias=True,
+            response_model_by_alias=True, response_model_exclude_unset=True,
             responses={404: {"description": "no such job, or it has not succeeded yet"}})
 def get_job_provenance(job_id: str, session: SessionDep, owner: OwnerDep) -> ProvenanceOut:
     return ProvenanceOut.model_validate(service.job_provenance(session, owner, job_id))
