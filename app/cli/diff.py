@@ -1,8 +1,9 @@
 """`memaudit diff A B`: what differs between two audits' provenance, field by field, scores aside.
 
 A and B are anything that carries a provenance block (app.provenance): a local CLI's summary.json, a
-job as ``GET /jobs/{id}`` returns it (or just its ``summary``), a provenance JSON, or a Parquet
-export (the block is in its metadata). Timings always differ between runs, so they are left out
+job as ``GET /jobs/{id}`` returns it (or just its ``summary``), a provenance JSON, a Parquet export
+(the block is in its metadata), or ``job:ID`` for a job on the server (``--server`` / $MEMAUDIT_URL,
+``--api-key`` / $MEMAUDIT_API_KEY). Timings always differ between runs, so they are left out
 unless ``--timings`` is given. Exit code 0 when nothing differs, 1 when something does, 2 when a file
 cannot be read or has no provenance block.
 """
@@ -32,13 +33,33 @@ def register(subparsers: Any) -> None:
         "diff", help="compare two audits' provenance (inputs, software, config, seeds, units)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("first", type=Path, metavar="A", help="summary.json, job JSON or Parquet export")
-    parser.add_argument("second", type=Path, metavar="B", help="the audit to compare it with")
+    parser.add_argument("first", metavar="A", help="summary.json, job JSON, Parquet export or job:ID")
+    parser.add_argument("second", metavar="B", help="the audit to compare it with")
     parser.add_argument("--timings", action="store_true", help="also compare phase and unit timings")
+    parser.add_argument("--server", default=None, help="for job:ID (default $MEMAUDIT_URL)")
+    parser.add_argument("--api-key", default=None, help="for job:ID (default $MEMAUDIT_API_KEY)")
     parser.set_defaults(func=diff_command)
 
 
-def load_provenance(path: Path) -> dict[str, Any]:
+def _served(job_id: str, server: str | None, api_key: str | None) -> dict[str, Any]:
+    import httpx
+    from memaudit_client import MemauditClient, MemauditError
+
+    try:
+        with MemauditClient(server, api_key) as client:
+            job = client.get_job(job_id)
+    except (MemauditError, httpx.TransportError) as error:
+        raise NoProvenance(f"job:{job_id}: {' '.join(str(error).split())}") from None
+    block = (job.get("summary") or {}).get("provenance")
+    if not isinstance(block, dict):
+        raise NoProvenance(f"job:{job_id}: no provenance block (state {job.get('state')})")
+    return block
+
+
+def load_provenance(text: str, server: str | None = None, api_key: str | None = None) -> dict[str, Any]:
+    if text.startswith("job:"):
+        return _served(text.removeprefix("job:"), server, api_key)
+    path = Path(text)
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
@@ -86,7 +107,8 @@ def _text(value: Any) -> str:
 
 def diff_command(args: argparse.Namespace) -> int:
     try:
-        first, second = load_provenance(args.first), load_provenance(args.second)
+        first, second = (load_provenance(text, args.server, args.api_key)
+                         for text in (args.first, args.second))  # fmt: skip
     except (OSError, ValueError) as error:  # json.JSONDecodeError and NoProvenance are ValueErrors
         print(f"memaudit diff: error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR

@@ -243,3 +243,15 @@ def test_status_draws_a_progress_bar_on_a_terminal(
     text = output.decode(errors="replace")
     assert "100%|" in text and "█" in text, text  # tqdm's bar, drawn only because stderr is a TTY
     assert f"{finished_job['id']}  succeeded" in text
+
+
+def test_diff_compares_a_served_job_with_a_saved_one(live_server: LiveServer, finished_job: dict[str, Any],
+                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    saved = tmp_path / "job.json"
+    changed = json.loads(json.dumps(finished_job))
+    changed["summary"]["provenance"]["config"]["training"]["epochs"] = 3
+    saved.write_text(json.dumps(changed))
+    code, out, _ = _cli(live_server, capsys, "diff", f"job:{finished_job['id']}", str(saved))
+    assert code == 1 and out.strip().splitlines() == ["config.training.epochs: 2 -> 3"]
+    code, _, err = _cli(live_server, capsys, "diff", "job:no-such-job", str(saved))
+    assert code == 2 and "job:no-such-job" in err and "404" in err
