@@ -245,8 +245,9 @@ def test_status_draws_a_progress_bar_on_a_terminal(
     assert f"{finished_job['id']}  succeeded" in text
 
 
-def test_diff_compares_a_served_job_with_a_saved_one(live_server: LiveServer, finished_job: dict[str, Any],
-                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_diff_compares_a_served_job_with_a_saved_one(
+    live_server: LiveServer, finished_job: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     saved = tmp_path / "job.json"
     changed = json.loads(json.dumps(finished_job))
     changed["summary"]["provenance"]["config"]["training"]["epochs"] = 3
