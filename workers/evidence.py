@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from app.services.errors import ServiceError
 from app.services.evidence import EVIDENCE_FILE
+from app.services.records import FACTS_OF, keep_records
+from app.settings import get_settings
 from models.evidence import Evidence, EvidenceConfig, compute_evidence, save_evidence, with_copies
 from models.imageset import ImageSet
 from workers.results import temp_sibling
@@ -81,6 +84,21 @@ def job_evidence(
     if kind in ("mrgan", "copy_test") and paths:
         evidence = _gan_copies(evidence, job_spec, kind, paths, summary or {})
     return evidence
+
+
+def keep_display_copy(session: Session, job_spec: dict[str, Any], owner: str, field: str,
+                      images: ImageSet) -> None:  # fmt: skip
+    """Plain arrays have no canonical store: keep a uint8 copy so the report reads single records."""
+    from app.services.datasets import dataset_store_of
+
+    settings = get_settings()
+    identity = job_spec.get("facts", {}).get(FACTS_OF[field], {}).get("identity")
+    if not isinstance(identity, str) or dataset_store_of(job_spec[field], session, settings, owner, field):
+        return
+    try:
+        keep_records(settings, identity, images)
+    except OSError as error:  # a display copy is an optimisation; the report falls back to loading
+        log.warning("cannot keep the display copy of %s: %s", field, error)
 
 
 def finish_evidence(job_id: str, job_dir: Path, compute: Callable[[], Evidence]) -> float | None:

@@ -388,7 +388,9 @@ def _store_evidence(job: Job, paths: list[Path], score: np.ndarray, summary: dic
         if not job.spec.get(key):
             return None
         with session_scope() as session:
-            return _images(session, job, key)
+            images = _images(session, job, key)
+            job_evidence.keep_display_copy(session, job.spec, job.owner, key, images)
+            return images
 
     seconds = job_evidence.finish_evidence(job.id, paths[0].parent, lambda: job_evidence.job_evidence(
         job.spec, job.kind, score, load, paths=paths, summary=summary, generated=generated))  # fmt: skip
