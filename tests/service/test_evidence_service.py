@@ -4,6 +4,9 @@ GET /jobs/{id}/samples/{sid}/neighbours and the image routes it links to."""
 from __future__ import annotations
 
 import io
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,3 +121,68 @@ def test_copy_test_shows_the_generated_samples_that_copy_each_image(sqlite_stack
     sample_id = lowest.json()["items"][0]["sample_id"]
     unflagged = sqlite_stack.client.get(f"/jobs/{job['id']}/samples/{sample_id}/neighbours")
     assert unflagged.status_code == 404 and "not among the 100 flagged samples" in unflagged.text
+
+
+PANEL_PROBE = """<script>
+window.addEventListener("load", function () {
+  var panel = document.getElementById("evidence");
+  var box = panel.getBoundingClientRect();
+  var images = Array.prototype.slice.call(panel.querySelectorAll("img"));
+  var sizes = images.map(function (i) {
+    var r = i.getBoundingClientRect();
+    return Math.round(r.width) + "x" + Math.round(r.height) + (i.complete && i.naturalWidth > 0 ? "" : "!");
+  });
+  var first = images[0].getBoundingClientRect();
+  var distances = Array.prototype.slice.call(panel.querySelectorAll("b.d")).map(function (b) {
+    return b.textContent + "@" + getComputedStyle(b).fontSize;
+  });
+  document.body.setAttribute("data-panel", JSON.stringify({top: box.top + window.scrollY,
+    height: box.height, visible: getComputedStyle(panel).display !== "none", sizes: sizes,
+    first: [first.left, first.top + window.scrollY, first.width, first.height], distances: distances}));
+});
+</script>"""
+
+
+def test_report_shows_the_evidence_panel_readably_in_chromium(
+    sqlite_stack: Stack, vae_job: dict[str, Any], tmp_path: Path
+) -> None:
+    """Real headless Chromium: the panel is laid out, its images decode at 96x96 CSS pixels, every
+    distance is text of a readable size, and the screenshot shows the flagged image where the DOM says."""
+    from tests.deploy.chromium import chromium_or_skip, console_messages, run_chromium
+
+    binary = chromium_or_skip()
+    html = sqlite_stack.client.get(f"/jobs/{vae_job['id']}/report").text
+    assert '<section id="evidence">' in html and "Nearest-neighbour evidence" in html
+    top = sqlite_stack.client.get("/scores", params={"job_id": vae_job["id"], "top": 1}).json()["items"][0]
+    first_row = sqlite_stack.client.get(f"/jobs/{vae_job['id']}/samples/{top['sample_id']}/neighbours").json()
+    assert first_row["flagged_rank"] == 1
+    page = tmp_path / "report.html"
+    page.write_text(html)
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';", 1)
+                     .replace("</body>", PANEL_PROBE + "</body>", 1))  # fmt: skip
+    dumped = run_chromium(binary, probe, tmp_path / "profile-probe", "--dump-dom", "--window-size=1200,900",
+                          "--virtual-time-budget=5000")  # fmt: skip
+    assert dumped.returncode == 0 and not console_messages(dumped.stderr), dumped.stderr[-2000:]
+    match = re.search(r'data-panel="([^"]*)"', dumped.stdout)
+    assert match, "the page never fired its load event"
+    panel = json.loads(match.group(1).replace("&quot;", '"'))
+    assert panel["visible"] and panel["height"] > 200
+    assert len(panel["sizes"]) >= 12 * 4 and set(panel["sizes"]) == {"96x96"}, panel["sizes"]  # all decoded
+    texts = [d.split("@") for d in panel["distances"]]
+    assert all(text.startswith("d = ") and float(size.removesuffix("px")) >= 11 for text, size in texts)
+    shown = [float(text.removeprefix("d = ")) for text, _ in texts]
+    expected = [n["distance"] for n in first_row["train"]] + [first_row["heldout"]["distance"]]
+    assert shown[:4] == pytest.approx(expected, rel=1e-2)  # the first row: 3 training, then held-out
+
+    shot_path = tmp_path / "report.png"
+    height = int(panel["top"] + panel["height"]) + 50
+    shot = run_chromium(binary, page, tmp_path / "profile-shot", f"--screenshot={shot_path}",
+                        f"--window-size=1200,{height}")  # fmt: skip
+    assert shot.returncode == 0 and not console_messages(shot.stderr), shot.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot_path).convert("RGB")).astype(int)
+    left, top, width, size = (round(v) for v in panel["first"])
+    first = pixels[top:top + size, left:left + width]
+    assert first.shape[:2] == (96, 96) and first.std() > 20, "the flagged image is not drawn where laid out"
+    ring = pixels[top - 3:top - 1, left:left + width]  # the red outline of the flagged image
+    assert (np.abs(ring - np.array([0xD1, 0x49, 0x5B])).sum(axis=2) < 60).mean() > 0.8
