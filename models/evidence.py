@@ -68,6 +68,8 @@ def flagged_samples(score: np.ndarray, config: EvidenceConfig = EvidenceConfig()
 
 def _as_features(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """(N, ...) images or features -> (N, D) float32; uint8 levels become intensities in [0, 1]."""
+    if isinstance(images, np.ndarray) and not images.flags.writeable:  # e.g. a read-only cached view
+        images = images.copy()
     tensor = torch.as_tensor(images)
     if tensor.dtype == torch.uint8:
         return tensor.flatten(1).float() / 255.0
