@@ -117,6 +117,11 @@ def test_copy_test_shows_the_generated_samples_that_copy_each_image(sqlite_stack
     assert seven["copies_space"] == "pixels, euclidean" and seven["copy_threshold"] > 0
     assert (_png(sqlite_stack, seven["copies"][0]["image_url"]) == train[7]).all()
     assert seven["heldout"] is not None and seven["generated"] is None
+    report = sqlite_stack.client.get(f"/jobs/{job['id']}/report").text
+    rows = report[report.index('<section id="evidence">'):].split('<div class="card evidence-row">')[1:]
+    seventh = next(row for row in rows if "train #7 · score" in row)  # copied images tie: id order
+    assert [f"copy: generated #{g}" in seventh for g in (21, 22, 23)] == [True] * 3
+    assert seventh.count('<figure class="copy"><img ') == 3 and seventh.count("d = 0</b>") == 3
     lowest = sqlite_stack.client.get(f"/jobs/{job['id']}/scores", params={"sort": "score_asc", "limit": 1})
     sample_id = lowest.json()["items"][0]["sample_id"]
     unflagged = sqlite_stack.client.get(f"/jobs/{job['id']}/samples/{sample_id}/neighbours")
