@@ -112,5 +112,9 @@ def finish_evidence(job_id: str, job_dir: Path, compute: Callable[[], Evidence])
     except Exception:  # evidence illustrates the scores; it never keeps a finished audit from succeeding
         log.exception("job %s: computing the neighbour evidence failed; the job succeeds without it", job_id)
         return None
-    write_evidence(job_dir / EVIDENCE_FILE, evidence)
+    try:
+        write_evidence(job_dir / EVIDENCE_FILE, evidence)
+    except OSError as error:
+        log.warning("job %s: cannot store the neighbour evidence: %s", job_id, error)
+        return None
     return time.monotonic() - started

@@ -191,3 +191,33 @@ def test_report_shows_the_evidence_panel_readably_in_chromium(
     assert first.shape[:2] == (96, 96) and first.std() > 20, "the flagged image is not drawn where laid out"
     ring = pixels[top - 3:top - 1, left:left + width]  # the red outline of the flagged image
     assert (np.abs(ring - np.array([0xD1, 0x49, 0x5B])).sum(axis=2) < 60).mean() > 0.8
+
+
+def test_mrgan_copies_are_in_its_cosine_feature_space(sqlite_stack: Stack) -> None:
+    job = _submit(sqlite_stack, {
+        "kind": "mrgan", "dataset": {"builtin": "digits:train"}, "heldout": {"builtin": "digits:test"},
+        "mrgan": {"taus": [0.0], "tau_quantiles": [], "steps": 20, "width": 32, "n_generated": 300,
+                  "cells": 2},
+    })  # fmt: skip
+    top = sqlite_stack.client.get("/scores", params={"job_id": job["id"], "top": 1}).json()["items"][0]
+    found = sqlite_stack.client.get(f"/jobs/{job['id']}/samples/{top['sample_id']}/neighbours").json()
+    assert found["copies_space"] == "pixels, cosine" and found["space"] == "pixels"
+    threshold = job["summary"]["units"][0]["copy_threshold"]
+    assert found["copy_threshold"] == pytest.approx(threshold)
+    assert len(found["copies"]) == min(8, int(top["copy_count"]))
+    assert all(c["distance"] <= threshold for c in found["copies"])
+    for copy in found["copies"][:1]:
+        assert _png(sqlite_stack, copy["image_url"]).shape == (8, 8)
+
+
+def test_the_report_keeps_showing_the_jobs_held_out_images_after_the_file_changes(
+    sqlite_stack: Stack, vae_job: dict[str, Any]
+) -> None:
+    """The finishing step kept a display copy named by the recorded content identity (last in this module:
+    it replaces the held-out file)."""
+    records = list((sqlite_stack.data_dir / "stores" / "records").glob("*.npy"))
+    assert len(records) >= 2  # the uploaded training set and the held-out file
+    replaced = digits_subset(30, offset=400)
+    np.save(sqlite_stack.data_root / "evidence_heldout.npy", replaced, allow_pickle=False)
+    held = _png(sqlite_stack, f"/jobs/{vae_job['id']}/heldout/{HELDOUT_TWIN}/image.png")
+    assert (held == 254).all()
