@@ -1,7 +1,8 @@
 """A few images of a job's training or held-out set, read record by record where the data allows it.
 
 Datasets with a canonical uint8 store (app/services/dataset_store.py) are memory-mapped, so reading k
-images touches k records and nothing else. Plain arrays (.npy / .npz uploads, built-ins) have no store; the
+images touches k records and nothing else (the store of the recorded identity is found without opening the
+source). Plain arrays (.npy / .npz uploads, built-ins) have no store; the
 finishing step, which has them loaded anyway, keeps a uint8 copy for display under
 ``<data_dir>/stores/records/``, named by the content identity the job recorded (so it is the job's content
 even if the source changes later). Without either, the set is loaded once and kept in a small cache, and
@@ -60,8 +61,9 @@ def _pick(stored: np.ndarray, wanted: list[int]) -> dict[int, np.ndarray]:
 def read_records(session: Session, settings: Settings, job: Job, field: str,
                  ids: Iterable[int]) -> dict[int, np.ndarray]:  # fmt: skip
     """Images ``ids`` of the job's ``field`` ("dataset" or "heldout") as uint8 (H, W) or (H, W, 3)."""
+    from app.services.dataset_store import store_dir
     from app.services.datasets import dataset_store_of
-    from models.formats.store import store_images
+    from models.formats.store import is_store, store_images
 
     wanted = sorted({int(i) for i in ids})
     spec = job.spec.get(field)
@@ -69,8 +71,11 @@ def read_records(session: Session, settings: Settings, job: Job, field: str,
         return {}
     recorded = job.spec.get("facts", {}).get(FACTS_OF[field], {})
     identity = recorded.get("identity")
-    if isinstance(identity, str) and records_file(settings, identity).is_file():
-        return _pick(np.load(records_file(settings, identity), mmap_mode="r", allow_pickle=False), wanted)
+    if isinstance(identity, str):  # content-addressed by the identity the job recorded: the job's content
+        if records_file(settings, identity).is_file():
+            return _pick(np.load(records_file(settings, identity), mmap_mode="r", allow_pickle=False), wanted)
+        if is_store(store_dir(settings, identity, {})):  # without opening the source (a 60k-file folder)
+            return _pick(store_images(store_dir(settings, identity, {})), wanted)
     try:
         store = dataset_store_of(spec, session, settings, job.owner, field)
         same = recorded.get("identity") in (None, dataset_identity(spec, session, settings, job.owner, field))
