@@ -40,6 +40,7 @@ from workers import claims, gan_runner
 from workers import evidence as job_evidence
 from workers.claims import UnitClaim
 from workers.heartbeat import heartbeat
+from workers.provenance import job_provenance, record_inputs
 from workers.results import (
     artifact_path,
     combine_units,
@@ -68,6 +69,10 @@ def _images(session: Session, job: Job, key: str) -> ImageSet:
     return load_recorded(job.spec[key], recorded, session, get_settings(), job.owner, key, _DATA_CACHE)
 
 
+def _job_dir(job_id: str) -> Path:
+    return artifact_path(get_settings().resolved_artifacts_dir, job_id, 0).parent
+
+
 def _units(session: Session, job_id: str) -> list[Unit]:
     return list(session.scalars(select(Unit).where(Unit.job_id == job_id).order_by(Unit.index)))
 
@@ -92,6 +97,8 @@ def _create_units(session: Session, job: Job) -> list[Unit]:
     device = worker_device()
     try:
         train = _images(session, job, "dataset")  # cached for the units that run on this worker
+        record_inputs(session, job, _job_dir(job.id),
+                      lambda field: train if field == "dataset" else _images(session, job, field))
     except ServiceError as error:  # the dataset is gone or changed since the job was validated
         fail_job(session, job.id, f"{error.field}: {error.message}")
         return []
@@ -135,8 +142,7 @@ def _prepare_mrgan(session: Session, job: Job, device: torch.device) -> bool:
         fail_job(session, job.id, f"{error.field}: {error.message}")
         return False
     session.commit()  # no transaction stays open while the embedding is computed
-    job_dir = artifact_path(get_settings().resolved_artifacts_dir, job.id, 0).parent
-    gan_runner.shared_feature_space(job_dir, job.spec, inputs, device)
+    gan_runner.shared_feature_space(_job_dir(job.id), job.spec, inputs, device)
     return True
 
 
@@ -357,6 +363,7 @@ def finish_job(job_id: str) -> None:
 
 def _finish_claimed(job: Job, token: int, paths: list[Path], labels: list[str | None] | None) -> None:
     """Compute the final result (no transaction open), then write it and succeed in one transaction."""
+    started = time.monotonic()
     if job.kind in gan_runner.GAN_KINDS:
         arrays, summary = gan_runner.finish(job.kind, paths)
         generated = None
@@ -372,6 +379,8 @@ def _finish_claimed(job: Job, token: int, paths: list[Path], labels: list[str | 
             _honour_cancel(session, job.id)  # cancelled, failed or taken over while this run computed
             return
         fault_point("finish")
+        summary["provenance"] = job_provenance(job, _units(session, job.id), _job_dir(job.id), summary,
+                                               time.monotonic() - started)
         if generated is not None:
             write_generated(paths[0].parent, generated)
         write_scores(session, job.id, arrays, units=len(paths), provisional=False, commit=False)

@@ -145,3 +145,23 @@ class SampleNeighboursOut(BaseModel):
     copies_space: str | None = Field(description="feature space and metric of the copies' distances")
     copy_threshold: float | None = Field(description="a generated sample copies its nearest training image "
                                                      "when their distance is at most this")
+
+
+class InputOut(BaseModel):
+    source: str = Field(description="upload:<dataset id>, builtin:<name> or path:<under the data root>")
+    file_sha256: str | None = Field(description="sha256 of the bytes given (several files: their manifest's)")
+    content_sha256: str | None = Field(default=None, description="sha256 of the decoded images (datasets)")
+    count: int | None = None
+    image_shape: list[int] | None = None
+
+
+class ProvenanceOut(BaseModel):
+    """What an audit read and what ran it (docs/api.md, Provenance); written by the finishing step."""
+
+    schema_version: int = Field(alias="schema", serialization_alias="schema")
+    software: dict[str, str | None]
+    inputs: dict[str, InputOut]
+    config: dict[str, Any]
+    seeds: dict[str, int]
+    units: list[dict[str, Any]]
+    phases: dict[str, float | None]

@@ -7,6 +7,7 @@ The generators open their own session: a streamed body outlives the request's se
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -97,6 +98,9 @@ def parquet_schema(job: Job | None = None) -> Any:
     if job is not None:  # the file says which audit it came from
         metadata = {"memaudit.job_id": job.id, "memaudit.kind": job.kind,
                     "memaudit.provisional": str(bool(job.scores_provisional)).lower()}
+        block = (job.summary or {}).get("provenance")
+        if block is not None:  # app.provenance; `memaudit diff` reads it from here
+            metadata["memaudit.provenance"] = json.dumps(block, sort_keys=True)
     return pa.schema(fields, metadata=metadata)
 
 
