@@ -37,6 +37,7 @@ from app.tasks import FINISH_JOB, RUN_UNIT, enqueue_on_commit
 from models.audit import Cancelled, plan_units, resolve_device, train_unit
 from models.imageset import ImageSet
 from workers import claims, gan_runner
+from workers import evidence as job_evidence
 from workers.claims import UnitClaim
 from workers.heartbeat import heartbeat
 from workers.provenance import job_provenance, record_inputs
@@ -372,6 +373,7 @@ def _finish_claimed(job: Job, token: int, paths: list[Path], labels: list[str | 
         final = final_result(paths, job.n_samples, build_configs(job.spec).audit, n_heldout)
         conversion = job.spec.get("facts", {}).get("train", {}).get("conversion")
         arrays, summary, generated = score_arrays(final.scores), summarize(final, labels, conversion), final
+    _store_evidence(job, paths, arrays.score, summary, None if generated is None else generated.samples)
     with session_scope() as session:
         if not claims.lock_finish(session, job.id, token):
             _honour_cancel(session, job.id)  # cancelled, failed or taken over while this run computed
@@ -385,6 +387,24 @@ def _finish_claimed(job: Job, token: int, paths: list[Path], labels: list[str | 
         if not claims.succeed(session, job.id, token, summary):
             session.rollback()
             _honour_cancel(session, job.id)
+
+
+def _store_evidence(job: Job, paths: list[Path], score: np.ndarray, summary: dict[str, Any],
+                    generated: np.ndarray | None) -> None:
+    """The flagged samples' neighbours (workers/evidence.py), before the job succeeds."""
+
+    def load(key: str) -> ImageSet | None:
+        if not job.spec.get(key):
+            return None
+        with session_scope() as session:
+            images = _images(session, job, key)
+            job_evidence.keep_display_copy(session, job.spec, job.owner, key, images)
+            return images
+
+    seconds = job_evidence.finish_evidence(job.id, paths[0].parent, lambda: job_evidence.job_evidence(
+        job.spec, job.kind, score, load, paths=paths, summary=summary, generated=generated))  # fmt: skip
+    if seconds is not None and isinstance(summary.get("timings"), dict):
+        summary["timings"]["evidence_seconds"] = seconds
 
 
 def _honour_cancel(session: Session, job_id: str) -> None:
