@@ -87,7 +87,9 @@ class OnnxNetwork:
                 session = ort.InferenceSession(data, _session_options(ort, empty),
                                                providers=_providers(ort, self.device))  # fmt: skip
             except Exception as error:  # onnxruntime raises its own exception classes
-                detail = str(error).split("\n")[0][:_MESSAGE_CHARS]
+                # No server path in the message: the empty folder is named by what it is.
+                detail = str(error).split("\n")[0].replace(empty, "<no external data>")
+                detail = detail.replace(str(Path(empty).parent), "<tmp>")[:_MESSAGE_CHARS]
                 raise self._error(f"is not a TorchScript file or a loadable ONNX model ({detail})") from None
         self.session = session
         inputs, outputs = session.get_inputs(), session.get_outputs()

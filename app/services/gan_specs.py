@@ -135,7 +135,7 @@ def _refuse(relative: str, field: str, error: ValueError) -> Invalid:
 
     if isinstance(error, NetworkFileError):
         problem = error.problem
-        if problem.startswith("is not a TorchScript file"):  # say what else it could have been
+        if problem.startswith("is not a TorchScript file (save"):  # a zip: say what else it could have been
             problem = ("is not a TorchScript file or a loadable ONNX model (save it with torch.jit.script or "
                        "torch.jit.trace and .save, or torch.onnx.export)")  # fmt: skip
         return Invalid(field, f"{relative} {problem}")
