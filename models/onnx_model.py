@@ -119,7 +119,10 @@ class OnnxNetwork:
     def check_input(self, sample_shape: tuple[int, ...]) -> None:
         """Refuse inputs (B, *sample_shape) that the model's declared input shape cannot take."""
         declared = self.input_dims[1:]
-        if any(dim is not None and dim != size for dim, size in zip(declared, sample_shape, strict=True)):
+        fits = len(declared) == len(sample_shape) and all(
+            dim is None or dim == size for dim, size in zip(declared, sample_shape, strict=True)
+        )
+        if not fits:
             want = _describe(self.input_dims)
             raise self._error(f"is an ONNX model that takes inputs {want}, not (B, "
                               f"{', '.join(map(str, sample_shape))})")  # fmt: skip
