@@ -355,6 +355,7 @@ NOT_LOADABLE = "is not a TorchScript file or a loadable ONNX model"
         ("external.onnx", "embedding", (NOT_LOADABLE, "External data")),
         ("spatial.onnx", "embedding", ("output (?, 4, 8, 8) has rank 4; it must have rank 2",)),
         ("spatial.onnx", "generator", ("input has rank 4; it must have rank 2",)),
+        ("spatial.onnx", "mrgan", ("output (?, 4, 8, 8) has rank 4; it must have rank 2",)),
         ("generator28.onnx", "generator", ("expected images of shape (2, 1, 8, 8)", "(2, 1, 28, 28)")),
         # By content, not by name: each runs in its own runtime and reports its own shape problem.
         ("onnx-named.pt", "embedding", ("is an ONNX model whose output",)),
@@ -372,6 +373,13 @@ def test_onnx_files_that_cannot_run_are_422_before_the_job_exists(
     if where == "generator":
         body = {**digits, "copy_test": {"generator_path": name, "latent_dim": 4}}
         location = ["copy_test", "generator_path"]
+    elif where == "mrgan":
+        body = {
+            **digits,
+            "kind": "mrgan",
+            "mrgan": {"steps": 10, "embedding": {"kind": "onnx", "path": name}},
+        }
+        location = ["mrgan", "embedding", "path"]
     else:
         body = {**digits, "generated": {"builtin": "digits:test"},
                 "copy_test": {"embedding": {"kind": "onnx", "path": name}}}  # fmt: skip
