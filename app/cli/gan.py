@@ -14,10 +14,8 @@ from typing import Any
 
 GAN_ARCHS = ("mlp", "dcgan")
 REJECTION_MODES = ("G", "GD")
-DATASET_HELP = (
-    "built-in name (digits, fashion-mnist[:test][:pad32]), .npz, .npy, a folder / .zip / "
-    ".tar(.gz) of images, parquet, WebDataset shards or CIFAR-10 batches (docs/science.md)"
-)
+DATASET_HELP = ("built-in name (digits, fashion-mnist[:test][:pad32]), .npz, .npy, a folder / .zip / "
+                ".tar(.gz) of images, parquet, WebDataset shards or CIFAR-10 batches (docs/science.md)")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

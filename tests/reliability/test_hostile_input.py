@@ -95,12 +95,8 @@ def _counts(stack: Stack) -> dict[str, Any]:
         datasets = session.scalar(select(func.count()).select_from(Dataset))
         jobs = session.scalar(select(func.count()).select_from(Job))
     stores = stack.data_dir / "stores"
-    return {
-        "datasets": datasets,
-        "jobs": jobs,
-        "uploads": sorted(os.listdir(stack.data_dir / "uploads")),
-        "stores": sorted(os.listdir(stores)) if stores.is_dir() else [],
-    }
+    return {"datasets": datasets, "jobs": jobs, "uploads": sorted(os.listdir(stack.data_dir / "uploads")),
+            "stores": sorted(os.listdir(stores)) if stores.is_dir() else []}
 
 
 @pytest.fixture
@@ -244,11 +240,7 @@ def escaping_paths(keyed_stack: Stack, tmp_path_factory: pytest.TempPathFactory)
     ],
 )
 def test_paths_escaping_the_data_root_or_bad_files_are_refused(
-    keyed_stack: Stack,
-    escaping_paths: dict[str, str],
-    unchanged: None,
-    path_key: str,
-    status: int,
+    keyed_stack: Stack, escaping_paths: dict[str, str], unchanged: None, path_key: str, status: int,
     words: tuple[str, ...],
 ) -> None:
     path = escaping_paths.get(path_key, path_key)
@@ -408,105 +400,48 @@ def _mrgan(**fields: Any) -> dict[str, Any]:
 
 # (name, body, location, words the message must contain)
 COST_CORPUS: list[tuple[str, dict[str, Any], list[str], tuple[str, ...]]] = [
-    (
-        "is_samples-1e9",
-        _vae(audit={"is_samples": 10**9}),
-        ["audit", "is_samples"],
-        ("MEMAUDIT_MAX_IS_SAMPLES",),
-    ),
+    ("is_samples-1e9", _vae(audit={"is_samples": 10**9}), ["audit", "is_samples"],
+     ("MEMAUDIT_MAX_IS_SAMPLES",)),
     ("hidden-1e8", _vae(model={"hidden": [10**8]}), ["model", "hidden", "0"], ("MEMAUDIT_MAX_MODEL_PARAMS",)),
-    (
-        "params-of-two-wide-layers",
-        _vae(model={"hidden": [10_000, 10_000]}),
-        ["model", "hidden"],
-        ("parameters", "MEMAUDIT_MAX_MODEL_PARAMS"),
-    ),
+    ("params-of-two-wide-layers", _vae(model={"hidden": [10_000, 10_000]}), ["model", "hidden"],
+     ("parameters", "MEMAUDIT_MAX_MODEL_PARAMS")),
     ("hidden-100-layers", _vae(model={"hidden": [8] * 100}), ["model", "hidden"], ("at most 32 layers",)),
     ("epochs-1e9", _vae(training={"epochs": 10**9}), ["training", "epochs"], ("MEMAUDIT_MAX_EPOCHS",)),
-    (
-        "batch_size-1e8",
-        _vae(training={"batch_size": 10**8}),
-        ["training", "batch_size"],
-        ("MEMAUDIT_MAX_BATCH_SIZE",),
-    ),
-    (
-        "batch_size-over-n",
-        _vae(training={"batch_size": 2000}),
-        ["training", "batch_size"],
-        ("larger than the 1797 samples",),
-    ),
-    (
-        "folds-1000-x-repeats-1000",
-        _vae(audit={"folds": 1000, "repeats": 1000}),
-        ["audit", "repeats"],
-        ("MEMAUDIT_MAX_FOLDS_X_REPEATS",),
-    ),
-    (
-        "folds-100-x-repeats-100",
-        _vae(audit={"folds": 100, "repeats": 100}),
-        ["audit", "repeats"],
-        ("100 x 100 = 10000 models", "MEMAUDIT_MAX_FOLDS_X_REPEATS"),
-    ),
-    (
-        "n_generated-1e9",
-        _vae(audit={"n_generated": 10**9}),
-        ["audit", "n_generated"],
-        ("MEMAUDIT_MAX_GENERATED_SAMPLES",),
-    ),
+    ("batch_size-1e8", _vae(training={"batch_size": 10**8}), ["training", "batch_size"],
+     ("MEMAUDIT_MAX_BATCH_SIZE",)),
+    ("batch_size-over-n", _vae(training={"batch_size": 2000}), ["training", "batch_size"],
+     ("larger than the 1797 samples",)),
+    ("folds-1000-x-repeats-1000", _vae(audit={"folds": 1000, "repeats": 1000}), ["audit", "repeats"],
+     ("MEMAUDIT_MAX_FOLDS_X_REPEATS",)),
+    ("folds-100-x-repeats-100", _vae(audit={"folds": 100, "repeats": 100}), ["audit", "repeats"],
+     ("100 x 100 = 10000 models", "MEMAUDIT_MAX_FOLDS_X_REPEATS")),
+    ("n_generated-1e9", _vae(audit={"n_generated": 10**9}), ["audit", "n_generated"],
+     ("MEMAUDIT_MAX_GENERATED_SAMPLES",)),
     ("is_chunk_bytes-2^50", _vae(audit={"is_chunk_bytes": 2**50}), ["audit", "is_chunk_bytes"], ("at most",)),
-    (
-        "work-every-epoch-importance-sampled",
-        _vae(
-            model={"hidden": [1024, 1024]},
-            training={"epochs": 10_000},
-            audit={"folds": 10, "repeats": 10, "is_samples": 4096, "eval_every": 1},
-        ),
-        ["audit"],
-        ("FLOPs", "importance sampling", "MEMAUDIT_MAX_JOB_WORK"),
-    ),
+    ("work-every-epoch-importance-sampled", _vae(
+        model={"hidden": [1024, 1024]}, training={"epochs": 10_000},
+        audit={"folds": 10, "repeats": 10, "is_samples": 4096, "eval_every": 1}), ["audit"],
+     ("FLOPs", "importance sampling", "MEMAUDIT_MAX_JOB_WORK")),
     ("mrgan-steps-1e9", _mrgan(steps=10**9), ["mrgan", "steps"], ("MEMAUDIT_MAX_GAN_STEPS",)),
     ("mrgan-batch-1e8", _mrgan(batch_size=10**8), ["mrgan", "batch_size"], ("MEMAUDIT_MAX_BATCH_SIZE",)),
-    (
-        "mrgan-batch-over-n",
-        _mrgan(batch_size=1500),
-        ["mrgan", "batch_size"],
-        ("larger than the 1498 samples",),
-    ),
-    (
-        "mrgan-n_generated-1e9",
-        _mrgan(n_generated=10**9),
-        ["mrgan", "n_generated"],
-        ("MEMAUDIT_MAX_GENERATED_SAMPLES",),
-    ),
+    ("mrgan-batch-over-n", _mrgan(batch_size=1500), ["mrgan", "batch_size"],
+     ("larger than the 1498 samples",)),
+    ("mrgan-n_generated-1e9", _mrgan(n_generated=10**9), ["mrgan", "n_generated"],
+     ("MEMAUDIT_MAX_GENERATED_SAMPLES",)),
     ("mrgan-width-8192", _mrgan(width=8192), ["mrgan", "width"], ("parameters", "MEMAUDIT_MAX_MODEL_PARAMS")),
-    (
-        "mrgan-work",
-        _mrgan(steps=200_000, batch_size=1024, max_redraws=1000, taus=[0.1] * 64),
-        ["mrgan"],
-        ("FLOPs", "gan training", "MEMAUDIT_MAX_JOB_WORK"),
-    ),
-    (
-        "copy-test-n_generated-1e9",
-        {
-            "kind": "copy_test",
-            "dataset": DIGITS_TRAIN,
-            "heldout": DIGITS_TEST,
-            "generated": DIGITS_TEST,
-            "copy_test": {"n_generated": 10**9},
-        },
-        ["copy_test", "n_generated"],
-        ("MEMAUDIT_MAX_GENERATED_SAMPLES",),
-    ),
+    ("mrgan-work", _mrgan(steps=200_000, batch_size=1024, max_redraws=1000, taus=[0.1] * 64), ["mrgan"],
+     ("FLOPs", "gan training", "MEMAUDIT_MAX_JOB_WORK")),
+    ("copy-test-n_generated-1e9", {"kind": "copy_test", "dataset": DIGITS_TRAIN, "heldout": DIGITS_TEST,
+                                   "generated": DIGITS_TEST, "copy_test": {"n_generated": 10**9}},
+     ["copy_test", "n_generated"], ("MEMAUDIT_MAX_GENERATED_SAMPLES",)),
 ]
 
 
-@pytest.mark.parametrize(("name", "body", "location", "words"), COST_CORPUS, ids=[c[0] for c in COST_CORPUS])
+@pytest.mark.parametrize(
+    ("name", "body", "location", "words"), COST_CORPUS, ids=[c[0] for c in COST_CORPUS]
+)
 def test_requests_over_a_resource_limit_are_422_naming_field_and_limit(
-    keyed_stack: Stack,
-    unchanged: None,
-    name: str,
-    body: dict[str, Any],
-    location: list[str],
+    keyed_stack: Stack, unchanged: None, name: str, body: dict[str, Any], location: list[str],
     words: tuple[str, ...],
 ) -> None:
     response = keyed_stack.client.post("/jobs", json=body, headers=AS_ALICE)
@@ -627,12 +562,7 @@ ARCHIVE_CORPUS = _archive_corpus()
     ("name", "filename", "payload", "status", "words"), ARCHIVE_CORPUS, ids=[c[0] for c in ARCHIVE_CORPUS]
 )
 def test_hostile_archives_are_refused_and_leave_nothing(
-    limited_client: TestClient,
-    unchanged: None,
-    name: str,
-    filename: str,
-    payload: bytes,
-    status: int,
+    limited_client: TestClient, unchanged: None, name: str, filename: str, payload: bytes, status: int,
     words: tuple[str, ...],
 ) -> None:
     assert len(payload) < SMALL_LIMIT

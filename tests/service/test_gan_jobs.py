@@ -115,32 +115,12 @@ def test_mrgan_job_runs_one_unit_per_tau(sqlite_stack: Stack) -> None:
     ("body", "field"),
     [
         ({"kind": "mrgan", "dataset": {"builtin": "digits:train"}}, "heldout"),
-        (
-            {
-                "kind": "copy_test",
-                "dataset": {"builtin": "digits:train"},
-                "heldout": {"builtin": "digits:test"},
-            },
-            "generated",
-        ),
-        (
-            {
-                "kind": "mrgan",
-                "dataset": {"builtin": "digits:train"},
-                "heldout": {"builtin": "digits:test"},
-                "mrgan": {"taus": [], "tau_quantiles": []},
-            },
-            "mrgan",
-        ),
-        (
-            {
-                "kind": "mrgan",
-                "dataset": {"builtin": "digits:train"},
-                "heldout": {"builtin": "digits:test"},
-                "mrgan": {"arch": "dcgan"},
-            },
-            "mrgan",
-        ),
+        ({"kind": "copy_test", "dataset": {"builtin": "digits:train"}, "heldout": {"builtin": "digits:test"}},
+         "generated"),
+        ({"kind": "mrgan", "dataset": {"builtin": "digits:train"}, "heldout": {"builtin": "digits:test"},
+          "mrgan": {"taus": [], "tau_quantiles": []}}, "mrgan"),
+        ({"kind": "mrgan", "dataset": {"builtin": "digits:train"}, "heldout": {"builtin": "digits:test"},
+          "mrgan": {"arch": "dcgan"}}, "mrgan"),
         ({"dataset": {"builtin": "digits:train"}, "mrgan": {}}, "mrgan"),
     ],
 )
