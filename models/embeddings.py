@@ -10,12 +10,13 @@ on its device, without gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
-from models.model_files import Network, load_network
+from models.model_files import Network, load_network, model_format
 
 EmbeddingKind = Literal["pixels", "autoencoder", "torchscript", "onnx"]
 EMBEDDING_KINDS: tuple[EmbeddingKind, ...] = ("pixels", "autoencoder", "torchscript", "onnx")
@@ -162,8 +163,9 @@ def build_embedder(cfg: EmbeddingConfig, train_images: torch.Tensor) -> Embedder
         # every cosine distance tiny and the rejection threshold meaningless.
         return ModuleEmbedder(encoder.module, flatten_input=True, offset=encoder.embed(train_images).mean(0))
     assert cfg.torchscript_path is not None
-    what = f"embedding {cfg.kind}"
-    embedder = FileEmbedder(load_network(cfg.torchscript_path, train_images.device, what, 4, 2), what)
+    path = cfg.torchscript_path
+    what = f"embedding {model_format(path)}" if Path(path).is_file() else "embedding"
+    embedder = FileEmbedder(load_network(path, train_images.device, what, 4, 2), what)
     check_feature_output(embedder, train_images[: min(2, train_images.shape[0])], what)
     return embedder
 
