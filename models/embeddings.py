@@ -1,9 +1,10 @@
 """Feature spaces for nearest-neighbour distances (SPEC §3–5).
 
 Three kinds, all offline: raw pixels; a small autoencoder trained on the training set itself (seeded, a few
-epochs, so features are semantic-ish without downloading weights); and a user-supplied TorchScript feature
-extractor, loaded with ``torch.jit.load`` only (never unpickled). Every embedder maps images (N, C, H, W) to
-features (N, F) in float32 on its device, without gradients.
+epochs, so features are semantic-ish without downloading weights); and a user-supplied feature extractor
+file, TorchScript (loaded with ``torch.jit.load`` only, never unpickled) or ONNX (run with onnxruntime), told
+apart by content (models.model_files). Every embedder maps images (N, C, H, W) to features (N, F) in float32
+on its device, without gradients.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
-EmbeddingKind = Literal["pixels", "autoencoder", "torchscript"]
-EMBEDDING_KINDS: tuple[EmbeddingKind, ...] = ("pixels", "autoencoder", "torchscript")
+from models.model_files import Network, load_network, model_format
+
+EmbeddingKind = Literal["pixels", "autoencoder", "torchscript", "onnx"]
+EMBEDDING_KINDS: tuple[EmbeddingKind, ...] = ("pixels", "autoencoder", "torchscript", "onnx")
+# A model file: TorchScript or ONNX by the file's content; the two kind names are synonyms.
+FILE_KINDS: tuple[EmbeddingKind, ...] = ("torchscript", "onnx")
 EMBED_BATCH = 1024
 
 
@@ -25,7 +30,7 @@ class EmbeddingConfig:
     """Which feature space to use; autoencoder fields only matter for ``kind="autoencoder"``."""
 
     kind: EmbeddingKind = "pixels"
-    torchscript_path: str | None = None
+    torchscript_path: str | None = None  # the model file of a file kind (TorchScript or ONNX)
     latent_dim: int = 32
     hidden_dim: int = 256
     epochs: int = 8
@@ -37,18 +42,21 @@ class EmbeddingConfig:
         if self.kind not in EMBEDDING_KINDS:
             known = ", ".join(EMBEDDING_KINDS)
             raise ValueError(f"embedding: unknown kind {self.kind!r}; use one of {known}")
-        if self.kind == "torchscript" and not self.torchscript_path:
-            raise ValueError("embedding: kind 'torchscript' needs a path to a TorchScript file")
+        if self.kind in FILE_KINDS and not self.torchscript_path:
+            raise ValueError(f"embedding: kind {self.kind!r} needs a path to a TorchScript or ONNX file")
         if self.latent_dim < 1 or self.hidden_dim < 1 or self.epochs < 0 or self.batch_size < 1:
             raise ValueError("embedding: latent_dim, hidden_dim, batch_size must be >= 1 and epochs >= 0")
 
     @staticmethod
     def parse(spec: str, **overrides: int | float) -> EmbeddingConfig:
-        """``pixels`` | ``autoencoder`` | ``torchscript:PATH`` (the CLI's ``--embedding`` syntax)."""
-        if spec.startswith("torchscript:"):
-            return EmbeddingConfig(kind="torchscript", torchscript_path=spec.split(":", 1)[1], **overrides)  # type: ignore[arg-type]
+        """``pixels`` | ``autoencoder`` | ``torchscript:PATH`` | ``onnx:PATH`` (the CLI's ``--embedding``)."""
+        kind, colon, path = spec.partition(":")
+        if colon and kind in FILE_KINDS:
+            return EmbeddingConfig(kind=kind, torchscript_path=path, **overrides)  # type: ignore[arg-type]
         if spec not in ("pixels", "autoencoder"):
-            raise ValueError(f"embedding: unknown kind {spec!r}; use pixels, autoencoder or torchscript:PATH")
+            raise ValueError(
+                f"embedding: unknown kind {spec!r}; use pixels, autoencoder, torchscript:PATH or onnx:PATH"
+            )
         return EmbeddingConfig(kind=spec, **overrides)  # type: ignore[arg-type]
 
 
@@ -80,7 +88,7 @@ class _MlpAutoencoder(nn.Module):
 
 
 class ModuleEmbedder:
-    """Runs a feature module (the trained encoder or a TorchScript extractor) in eval mode, batched."""
+    """Runs a feature module (the trained encoder) in eval mode, batched."""
 
     def __init__(
         self,
@@ -131,19 +139,6 @@ def train_autoencoder(train_images: torch.Tensor, cfg: EmbeddingConfig) -> nn.Mo
     return model.encoder
 
 
-def load_torchscript(path: str, device: torch.device | str, what: str) -> torch.jit.ScriptModule:
-    """Load a TorchScript module, with a clear error when the file is not one. Never unpickles."""
-    if not Path(path).is_file():
-        raise ValueError(f"{what}: file not found: {path}")
-    try:
-        module = torch.jit.load(path, map_location=device)
-    except (RuntimeError, ValueError) as error:
-        raise ValueError(
-            f"{what}: {path} is not a TorchScript file (save it with torch.jit.script/trace and .save)"
-        ) from error
-    return module
-
-
 def check_feature_output(embedder: Embedder, probe: torch.Tensor, what: str) -> int:
     """Run the embedder on a few images and check it returns finite (batch, F) features; return F."""
     try:
@@ -168,17 +163,17 @@ def build_embedder(cfg: EmbeddingConfig, train_images: torch.Tensor) -> Embedder
         # every cosine distance tiny and the rejection threshold meaningless.
         return ModuleEmbedder(encoder.module, flatten_input=True, offset=encoder.embed(train_images).mean(0))
     assert cfg.torchscript_path is not None
-    what = "embedding torchscript"
-    module = load_torchscript(cfg.torchscript_path, train_images.device, what)
-    embedder = _TorchScriptEmbedder(module, what)
+    path = cfg.torchscript_path
+    what = f"embedding {model_format(path)}" if Path(path).is_file() else "embedding"
+    embedder = FileEmbedder(load_network(path, train_images.device, what, 4, 2), what)
     check_feature_output(embedder, train_images[: min(2, train_images.shape[0])], what)
     return embedder
 
 
 def embedder_state(embedder: Embedder) -> dict[str, torch.Tensor]:
     """The trained tensors of an embedder, on the CPU (what :func:`restore_embedder` needs): the
-    autoencoder's encoder weights and feature offset; nothing for pixels or a TorchScript file."""
-    if isinstance(embedder, _TorchScriptEmbedder) or not isinstance(embedder, ModuleEmbedder):
+    autoencoder's encoder weights and feature offset; nothing for pixels or a model file."""
+    if not isinstance(embedder, ModuleEmbedder):
         return {}
     state = {f"encoder.{key}": value.detach().cpu() for key, value in embedder.module.state_dict().items()}
     if embedder.offset is not None:
@@ -192,7 +187,7 @@ def restore_embedder(
     """The embedder ``build_embedder(cfg, train_images)`` made, rebuilt from ``embedder_state`` without
     training anything; on the device of ``train_images`` (N, C, H, W)."""
     if cfg.kind != "autoencoder":
-        return build_embedder(cfg, train_images)  # pixels / TorchScript: nothing was trained
+        return build_embedder(cfg, train_images)  # pixels / a model file: nothing was trained
     input_dim = int(train_images[0].numel())
     encoder = _MlpAutoencoder(input_dim, cfg.hidden_dim, cfg.latent_dim).encoder
     prefix = "encoder."
@@ -203,11 +198,12 @@ def restore_embedder(
     return ModuleEmbedder(encoder.to(device), flatten_input=True, offset=offset)
 
 
-class _TorchScriptEmbedder(ModuleEmbedder):
-    """A user's extractor: its raw output must already be (batch, F); anything else is reported."""
+class FileEmbedder:
+    """A user's extractor (TorchScript or ONNX): its raw output must already be (batch, F); anything
+    else is reported."""
 
-    def __init__(self, module: torch.jit.ScriptModule, what: str) -> None:
-        super().__init__(module, flatten_input=False)
+    def __init__(self, network: Network, what: str) -> None:
+        self.network = network
         self.what = what
 
     @torch.no_grad()
@@ -215,7 +211,7 @@ class _TorchScriptEmbedder(ModuleEmbedder):
         parts = []
         for start in range(0, images.shape[0], EMBED_BATCH):
             batch = images[start : start + EMBED_BATCH].float()
-            out = self.module(batch)
+            out = self.network(batch)
             if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != batch.shape[0]:
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(

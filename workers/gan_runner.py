@@ -38,7 +38,7 @@ from models.gan import (
     MrganProgress,
     build_feature_space,
     feature_space_state,
-    generate_from_torchscript,
+    generate_from_model_file,
     resolve_taus,
     restore_feature_space,
     run_copy_test,
@@ -157,13 +157,13 @@ def _mrgan_unit(
 
 
 def _copy_test_unit(job_spec: dict[str, Any], inputs: GanInputs, device: torch.device) -> GanUnitResult:
-    configs = copy_test_configs(job_spec, inputs.heldout.count, get_settings())
+    configs = copy_test_configs(job_spec, inputs.train.image_shape, inputs.heldout.count, get_settings())
     if inputs.generated is not None:
         generated = _tensor(inputs.generated, device)
     else:
         assert configs.generator_path is not None and configs.latent_dim is not None
         count = configs.n_generated or inputs.heldout.count
-        generated = generate_from_torchscript(
+        generated = generate_from_model_file(
             str(configs.generator_path), configs.latent_dim, count, inputs.train.image_shape,
             seed=configs.seed, device=device,
         )  # fmt: skip

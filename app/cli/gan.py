@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument(
-        "--embedding", default="pixels", help="pixels (default), autoencoder, or torchscript:PATH"
+        "--embedding",
+        default="pixels",
+        help="pixels (default), autoencoder, torchscript:PATH or onnx:PATH (the content decides)",
     )
     parser.add_argument("--cells", type=int, help="C_T k-means cells (default 50, fewer for small test sets)")
     parser.add_argument(
@@ -47,7 +49,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
 def _register_copytest(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
         "copytest",
-        help="data-copying test (C_T, rho, copy counts) of generated samples or a TorchScript generator",
+        help="data-copying test (C_T, rho, copy counts) of generated samples or a generator file",
         description="Meehan et al.'s C_T test, the NN ratio rho and per-training-sample copy counts.",
     )
     parser.add_argument("--train", required=True, help=f"training set: {DATASET_HELP}")
@@ -55,7 +57,8 @@ def _register_copytest(subparsers: argparse._SubParsersAction[Any]) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--generated", help="generated samples (same formats as --train)")
     source.add_argument(
-        "--generator", help="TorchScript generator z (B, latent) -> images (B, C, H, W) in [0, 1]"
+        "--generator",
+        help="TorchScript or ONNX generator (by content) z (B, latent) -> images (B, C, H, W) in [0, 1]",
     )
     parser.add_argument("--latent-dim", type=int, help="latent size of --generator")
     parser.add_argument(

@@ -36,10 +36,11 @@ from models.gan import (
     SweepConfig,
     TauResult,
     config_to_dict,
-    generate_from_torchscript,
+    generate_from_model_file,
     run_copy_test,
     run_sweep,
 )
+from models.model_files import model_format
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -78,7 +79,7 @@ def copytest_command(args: argparse.Namespace) -> int:
         "copy_quantile": args.copy_quantile,
         "train": train.describe(),
         "test": test.describe(),
-        "generated_source": args.generated or f"torchscript:{args.generator}",
+        "generated_source": args.generated or f"{model_format(args.generator)}:{args.generator}",
         "device": str(device),
         "seconds": time.perf_counter() - started,
         "versions": versions(),
@@ -108,7 +109,7 @@ def _generated_images(
         return _tensor(generated, device)
     if args.latent_dim is None:
         raise DataError("latent-dim", "--generator needs --latent-dim")
-    return generate_from_torchscript(
+    return generate_from_model_file(
         args.generator, args.latent_dim, args.n_generated or n_test, train.image_shape,
         seed=args.seed, device=device,
     )  # fmt: skip

@@ -9,7 +9,7 @@ Work is counted in FLOPs: 1 multiply-add (MAC) of a linear or convolution layer 
 training step costs 3 forward passes (the forward, and the backward for inputs and for weights).
 Element-wise work (activations, batch norm, likelihoods, the optimizer) is left out: a few FLOPs per
 activation, small next to the layers. Nearest-neighbour searches count 2 FLOPs per coordinate of each
-pair compared. Where a cost cannot be known before the job runs (a TorchScript generator or feature
+pair compared. Where a cost cannot be known before the job runs (a TorchScript or ONNX generator or feature
 extractor) it is not counted; the docs say so.
 """
 
@@ -201,7 +201,7 @@ def _embedding_work(embedding: dict[str, Any], n: int, samples_embedded: int, pi
                     work: WorkEstimate) -> tuple[int, int]:  # fmt: skip
     """Adds the embedding's training and feature passes; returns (MACs per image, feature size)."""
     if embedding["kind"] != "autoencoder":
-        return 0, pixels  # pixels: no network; TorchScript: its cost is unknown here, features ~ pixels
+        return 0, pixels  # pixels: no network; a model file: its cost is unknown here, features ~ pixels
     encoder = autoencoder_encoder(pixels, embedding["latent_dim"])
     work.add("embedding", embedding["epochs"] * n * TRAIN_PASSES * 2 * (2 * encoder.macs))
     work.add("embedding", samples_embedded * 2 * encoder.macs)
@@ -245,7 +245,7 @@ def mrgan_job_work(section: dict[str, Any], gan: tuple[str, int, int], n_units: 
 
 def copy_test_work(section: dict[str, Any], n: int, n_heldout: int, generated: int, cells: int,
                    image_shape: Shape) -> WorkEstimate:  # fmt: skip
-    """FLOPs of a copy test: the embedding and the copy statistics (a TorchScript generator's own
+    """FLOPs of a copy test: the embedding and the copy statistics (a generator file's own
     sampling cost is not known here and not counted)."""
     work = WorkEstimate()
     pixels = math.prod(image_shape)

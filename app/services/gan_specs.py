@@ -2,7 +2,8 @@
 
 `mrgan`: one unit per tau (explicit taus first, then tau quantiles, each resolved inside its unit from the
 held-out set); `copy_test`: one unit evaluating uploaded generated samples (`generated`, a dataset ref) or a
-TorchScript generator stored under the data root (`copy_test.generator_path` + `latent_dim`). Both need
+generator file (TorchScript or ONNX, told apart by content) under the data root (`copy_test.generator_path` +
+`latent_dim`). Both need
 `heldout` (the held-out / test set). Every check raises ``Invalid`` naming the field before the job exists.
 """
 
@@ -30,10 +31,11 @@ if TYPE_CHECKING:
     from models.gan import GanConfig, MrganConfig, SweepConfig
 
 GAN_KINDS = ("mrgan", "copy_test")
+_MESSAGE_CHARS = 400
 
 
-def _torchscript_needs_path(schema: dict[str, Any]) -> None:
-    schema["if"] = {"properties": {"kind": {"const": "torchscript"}}, "required": ["kind"]}
+def _model_file_needs_path(schema: dict[str, Any]) -> None:
+    schema["if"] = {"properties": {"kind": {"enum": ["torchscript", "onnx"]}}, "required": ["kind"]}
     schema["then"] = {"required": ["path"], "properties": {"path": {"type": "string"}}}
 
 
@@ -47,13 +49,15 @@ _TORCHSCRIPT_FILE: JsonDict = {"pattern": patterns.TORCHSCRIPT_PATH}
 
 
 class EmbeddingSpec(BaseModel):
-    """Feature space: pixels, an autoencoder trained on the training set, or a TorchScript extractor."""
+    """Feature space: pixels, an autoencoder trained on the training set, or an extractor file
+    (`torchscript` and `onnx` are synonyms: the file's content decides how it is run)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_torchscript_needs_path)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_model_file_needs_path)
 
-    kind: Literal["pixels", "autoencoder", "torchscript"] = "pixels"
+    kind: Literal["pixels", "autoencoder", "torchscript", "onnx"] = "pixels"
     path: str | None = Field(default=None, max_length=1024, json_schema_extra=_TORCHSCRIPT_FILE,
-                             description="TorchScript file relative to the data root (missing: 404)")
+                             description="TorchScript or ONNX file relative to the data root, format "
+                                         "detected from its content (missing: 404)")  # fmt: skip
     latent_dim: int = Field(default=32, ge=1, le=4096)
     epochs: int = Field(default=8, ge=0, le=1000)
 
@@ -85,12 +89,17 @@ class MrganSpec(BaseModel):
 
 
 class CopyTestSpec(BaseModel):
-    """Copy test of an existing generator: `generated` (top-level dataset ref) or a TorchScript generator."""
+    """Copy test of an existing generator: `generated` (top-level dataset ref) or a generator file."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    generator_path: str | None = Field(default=None, max_length=1024, json_schema_extra=_TORCHSCRIPT_FILE,
-                                       description="TorchScript generator under the data root (missing: 404)")
+    generator_path: str | None = Field(
+        default=None,
+        max_length=1024,
+        json_schema_extra=_TORCHSCRIPT_FILE,
+        description="TorchScript or ONNX generator under the data root, "
+        "format detected from its content (missing: 404)",
+    )
     latent_dim: int | None = Field(default=None, ge=1, le=4096)
     n_generated: int | None = Field(default=None, ge=2)
     embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
@@ -112,31 +121,72 @@ class MrganJobConfigs:
         return len(self.sweep.taus) + len(self.sweep.tau_quantiles)
 
 
-def torchscript_path(relative: str, settings: Settings, field: str) -> Path:
-    """A TorchScript file under the data root, loaded once here so that anything else (a pickle, a
-    state dict, garbage) is a 422 before the job exists. torch.jit.load never unpickles."""
+def _model_file(relative: str, settings: Settings, field: str) -> Path:
+    """A model file under the data root, bounded like an uncompressed array."""
     path = data_root_file(relative, settings, field)
     limit = settings.max_uncompressed_bytes
     if path.stat().st_size > limit:
         raise Invalid(field, f"{relative} is larger than the limit of {limit} bytes")
-    from models.embeddings import load_torchscript
-
-    try:
-        load_torchscript(str(path), "cpu", field)
-    except ValueError:
-        raise Invalid(field, f"{relative} is not a TorchScript file (save it with torch.jit.script or "
-                             "torch.jit.trace, then .save)") from None
     return path
 
 
-def embedding_config(spec: dict[str, Any], seed: int, settings: Settings, field: str) -> EmbeddingConfig:
-    from models.embeddings import EmbeddingConfig
+def _refuse(relative: str, field: str, error: ValueError) -> Invalid:
+    from models.onnx_model import NetworkFileError
+
+    if isinstance(error, NetworkFileError):
+        problem = error.problem
+        if problem.startswith("is not a TorchScript file (save"):  # a zip: say what else it could have been
+            problem = ("is not a TorchScript file or a loadable ONNX model (save it with torch.jit.script or "
+                       "torch.jit.trace and .save, or torch.onnx.export)")  # fmt: skip
+        return Invalid(field, f"{relative} {problem}")
+    # "<what>: <problem>"; a TorchScript error is a traceback whose last line says what went wrong.
+    problem = str(error).split(": ", 1)[-1]
+    lines = [line.strip() for line in problem.splitlines() if line.strip()]
+    if len(lines) > 1:
+        problem = f"{lines[0]} {lines[-1]}"
+    return Invalid(field, f"{relative}: {problem[:_MESSAGE_CHARS]}")
+
+
+def generator_file(relative: str, latent_dim: int, image_shape: tuple[int, int, int], settings: Settings,
+                   field: str) -> Path:  # fmt: skip
+    """A generator file (TorchScript or ONNX), loaded and run once on two latents here, so that anything
+    else (a pickle, garbage, the wrong shapes) is a 422 before the job exists. Nothing is unpickled."""
+    path = _model_file(relative, settings, field)
+    import torch
+
+    from models.gan import generate_from_model_file
+
+    try:
+        generate_from_model_file(str(path), latent_dim, 2, image_shape, seed=0, device=torch.device("cpu"))
+    except ValueError as error:
+        raise _refuse(relative, field, error) from None
+    return path
+
+
+def extractor_file(relative: str, image_shape: tuple[int, int, int], settings: Settings, field: str) -> Path:
+    """A feature extractor file (TorchScript or ONNX), loaded and run once on two grey images here."""
+    path = _model_file(relative, settings, field)
+    import torch
+
+    from models.embeddings import EmbeddingConfig, build_embedder
+
+    probe = torch.full((2, *image_shape), 0.5)
+    try:
+        build_embedder(EmbeddingConfig(kind="torchscript", torchscript_path=str(path)), probe)
+    except ValueError as error:
+        raise _refuse(relative, field, error) from None
+    return path
+
+
+def embedding_config(spec: dict[str, Any], seed: int, image_shape: tuple[int, int, int], settings: Settings,
+                     field: str) -> EmbeddingConfig:  # fmt: skip
+    from models.embeddings import FILE_KINDS, EmbeddingConfig
 
     path = None
-    if spec["kind"] == "torchscript":
+    if spec["kind"] in FILE_KINDS:
         if not spec.get("path"):
-            raise Invalid(f"{field}.path", "a torchscript embedding needs the path of its file")
-        path = str(torchscript_path(spec["path"], settings, f"{field}.path"))
+            raise Invalid(f"{field}.path", f"a {spec['kind']} embedding needs the path of its file")
+        path = str(extractor_file(spec["path"], image_shape, settings, f"{field}.path"))
     try:
         return EmbeddingConfig(kind=spec["kind"], torchscript_path=path, latent_dim=spec["latent_dim"],
                                epochs=spec["epochs"], seed=seed)  # fmt: skip
@@ -175,7 +225,8 @@ def mrgan_configs(spec: dict[str, Any], image_shape: tuple[int, int, int], n_hel
     except ValueError as error:
         field, _, message = str(error).partition(": ")
         raise Invalid(f"mrgan.{field}", message or str(error)) from None
-    embedding = embedding_config(section["embedding"], section["seed"], settings, "mrgan.embedding")
+    embedding = embedding_config(section["embedding"], section["seed"], image_shape, settings,
+                                 "mrgan.embedding")  # fmt: skip
     return MrganJobConfigs(gan, training, sweep, embedding)
 
 
@@ -190,7 +241,8 @@ class CopyTestJobConfigs:
     seed: int
 
 
-def copy_test_configs(spec: dict[str, Any], n_test: int, settings: Settings) -> CopyTestJobConfigs:
+def copy_test_configs(spec: dict[str, Any], image_shape: tuple[int, int, int], n_test: int,
+                      settings: Settings) -> CopyTestJobConfigs:  # fmt: skip
     from models.copying import CopyTestConfig, resolve_cells
 
     section = _section(spec, "copy_test", CopyTestSpec)
@@ -200,14 +252,16 @@ def copy_test_configs(spec: dict[str, Any], n_test: int, settings: Settings) -> 
     generator_path = None
     if has_generator:
         if section["latent_dim"] is None:
-            raise Invalid("copy_test.latent_dim", "a TorchScript generator needs its latent size")
-        generator_path = torchscript_path(section["generator_path"], settings, "copy_test.generator_path")
+            raise Invalid("copy_test.latent_dim", "a generator file needs its latent size")
+        generator_path = generator_file(section["generator_path"], section["latent_dim"], image_shape,
+                                        settings, "copy_test.generator_path")  # fmt: skip
     try:
         copy = CopyTestConfig(cells=resolve_cells(section["cells"], n_test), metric=section["metric"],
                               seed=section["seed"])  # fmt: skip
     except ValueError as error:
         raise Invalid("copy_test", str(error)) from None
-    embedding = embedding_config(section["embedding"], section["seed"], settings, "copy_test.embedding")
+    embedding = embedding_config(section["embedding"], section["seed"], image_shape, settings,
+                                 "copy_test.embedding")  # fmt: skip
     return CopyTestJobConfigs(
         embedding, copy, section["copy_quantile"], generator_path, section["latent_dim"],
         section["n_generated"], section["seed"],
@@ -244,7 +298,7 @@ def validate_gan_job(
     else:
         if canonical["mrgan"] is not None:
             raise Invalid("mrgan", "only mrgan jobs take this section")
-        copy = copy_test_configs(canonical, sets["heldout"].count, settings)
+        copy = copy_test_configs(canonical, train.image_shape, sets["heldout"].count, settings)
         work = check_copy_test_cost(canonical, copy, sets, settings)
     return {**{name: facts.summary() for name, facts in sets.items()}, "work": work.parts}
 

@@ -7,7 +7,8 @@ What the workers and the CLI need:
 - ``run_tau_unit(train, space, tau, gan, train_cfg, sweep, progress=, should_stop=) -> TauResult`` — one unit.
 - ``run_sweep(...)`` — every tau in-process.
 - ``run_copy_test(train, test, generated, embedding=, copy=) -> CopyTestReport`` and
-  ``generate_from_torchscript(path, latent_dim, count, image_shape, seed=, device=)``.
+  ``generate_from_model_file(path, latent_dim, count, image_shape, seed=, device=)`` (a TorchScript or
+  ONNX generator, by content; ``generate_from_torchscript`` is the same function).
 - ``Cancelled`` is raised when ``should_stop()`` returns True (polled every 25 generator steps).
 """
 
@@ -19,7 +20,12 @@ from models.gan.config import (
     config_from_dict,
     config_to_dict,
 )
-from models.gan.evaluate import CopyTestReport, generate_from_torchscript, run_copy_test
+from models.gan.evaluate import (
+    CopyTestReport,
+    generate_from_model_file,
+    generate_from_torchscript,
+    run_copy_test,
+)
 from models.gan.sweep import (
     FeatureSpace,
     TauResult,
@@ -47,6 +53,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "feature_space_state",
+    "generate_from_model_file",
     "generate_from_torchscript",
     "resolve_taus",
     "restore_feature_space",

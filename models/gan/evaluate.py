@@ -1,7 +1,8 @@
 """Copying tests for a generator trained elsewhere (the ``copy_test`` job and ``memaudit copytest``).
 
-Input: generated samples as an array, or a TorchScript generator (loaded with torch.jit.load, never
-unpickled) plus its latent size, sampled here with seeded N(0, I) latents. Output: C_T against the test set
+Input: generated samples as an array, or a generator file plus its latent size: TorchScript (loaded with
+torch.jit.load, never unpickled) or ONNX (onnxruntime), told apart by content (models.model_files),
+sampled here with seeded N(0, I) latents. Output: C_T against the test set
 (SPEC §4), the NN ratio rho per training sample (§3), a Fréchet distance in the same feature space, and the
 per-training-sample copy counts (held-out-calibrated threshold, see models.gan.sweep), all in one metric.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,9 +27,11 @@ from models.copying import (
     nn_ratio,
     within_tau_counts,
 )
-from models.embeddings import EmbeddingConfig, build_embedder, load_torchscript
+from models.embeddings import EmbeddingConfig, build_embedder
 from models.frechet import frechet_distance
+from models.model_files import load_network, model_format
 from models.neighbours import Neighbours, nearest, prepare_references
+from models.onnx_model import NetworkFileError
 
 GENERATOR_BATCH = 512
 
@@ -75,20 +79,24 @@ class CopyTestReport:
 
 
 @torch.no_grad()
-def generate_from_torchscript(
+def generate_from_model_file(
     path: str, latent_dim: int, count: int, image_shape: tuple[int, ...], *, seed: int, device: torch.device
 ) -> torch.Tensor:
-    """``count`` images from a TorchScript generator z (B, latent_dim) -> images (B, C, H, W) in [0, 1]."""
-    what = "generator torchscript"
+    """``count`` images from a generator file (TorchScript or ONNX, by content)
+    z (B, latent_dim) -> images (B, C, H, W) in [0, 1]."""
+    what = "generator"
     if latent_dim < 1 or count < 2:
         raise ValueError(f"{what}: latent size must be >= 1 and the sample count >= 2")
-    module = load_torchscript(path, device, what).eval()
+    what = f"generator {model_format(path)}" if Path(path).is_file() else what
+    module = load_network(path, device, what, 2, 1 + len(image_shape))
     random = torch.Generator().manual_seed(seed)
     parts = []
     for start in range(0, count, GENERATOR_BATCH):
         z = torch.randn(min(GENERATOR_BATCH, count - start), latent_dim, generator=random).to(device)
         try:
             images = module(z)
+        except NetworkFileError:
+            raise
         except Exception as error:  # a user's module can fail in any way; report it, don't crash
             shape = tuple(z.shape)
             raise ValueError(f"{what}: calling it on latents of shape {shape} failed: {error}") from error
@@ -99,6 +107,9 @@ def generate_from_torchscript(
         check_pixels("generated", images)
         parts.append(images.float())
     return torch.cat(parts)  # (count, C, H, W)
+
+
+generate_from_torchscript = generate_from_model_file  # the name from before ONNX generators
 
 
 def check_pixels(name: str, images: torch.Tensor) -> None:

@@ -308,6 +308,80 @@ def test_torchscript_files_that_are_not_torchscript_are_422_and_never_unpickled(
     assert not fake_torchscripts["canary"].exists(), "a pickle payload was executed"
 
 
+@pytest.fixture(scope="module")
+def hostile_onnx(keyed_stack: Stack) -> Path:
+    """ONNX files under the data root that must not run, and models named for the other format."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import torch
+
+    from tests import onnx_models as build
+
+    root = keyed_stack.data_root
+    valid = build.export_onnx(
+        build.ConvFeatures(), torch.zeros(2, 1, 8, 8), root / "features.onnx"
+    ).read_bytes()
+    (root / "truncated.onnx").write_bytes(valid[: len(valid) // 2])
+    build.not_a_model(root / "tensor.onnx")
+    build.custom_op_model(root / "custom-op.onnx")
+    (root.parent / "secret.bin").write_bytes(b"\x00" * 64 * 6 * 4)
+    build.external_data_model(root / "external.onnx", "../secret.bin")
+    build.export_onnx(build.SpatialFeatures(), torch.zeros(2, 1, 8, 8), root / "spatial.onnx")
+    build.export_onnx(build.SpatialFeatures(), torch.zeros(2, 1, 8, 8), root / "onnx-named.pt")
+    build.save_torchscript(build.SpatialFeatures(), root / "torchscript-named.onnx")
+    build.export_onnx(build.LinearGenerator(side=28), torch.zeros(2, 4), root / "generator28.onnx")
+    return root
+
+
+NOT_LOADABLE = "is not a TorchScript file or a loadable ONNX model"
+
+
+@pytest.mark.parametrize(
+    ("name", "where", "words"),
+    [
+        ("truncated.onnx", "embedding", (NOT_LOADABLE,)),
+        ("truncated.onnx", "generator", (NOT_LOADABLE,)),
+        ("tensor.onnx", "embedding", (NOT_LOADABLE,)),
+        ("custom-op.onnx", "embedding", (NOT_LOADABLE, "com.example.evil")),
+        ("custom-op.onnx", "generator", (NOT_LOADABLE, "com.example.evil")),
+        ("external.onnx", "embedding", (NOT_LOADABLE, "External data")),
+        ("spatial.onnx", "embedding", ("output (?, 4, 8, 8) has rank 4; it must have rank 2",)),
+        ("spatial.onnx", "generator", ("input has rank 4; it must have rank 2",)),
+        ("spatial.onnx", "mrgan", ("output (?, 4, 8, 8) has rank 4; it must have rank 2",)),
+        ("generator28.onnx", "generator", ("expected images of shape (2, 1, 8, 8)", "(2, 1, 28, 28)")),
+        # By content, not by name: each runs in its own runtime and reports its own shape problem.
+        ("onnx-named.pt", "embedding", ("is an ONNX model whose output",)),
+        ("torchscript-named.onnx", "embedding", ("expected features of shape (batch, F)",)),
+    ],
+)
+def test_onnx_files_that_cannot_run_are_422_before_the_job_exists(
+    keyed_stack: Stack, hostile_onnx: Path, unchanged: None, name: str, where: str, words: tuple[str, ...]
+) -> None:
+    digits = {
+        "kind": "copy_test",
+        "dataset": {"builtin": "digits:train"},
+        "heldout": {"builtin": "digits:test"},
+    }
+    if where == "generator":
+        body = {**digits, "copy_test": {"generator_path": name, "latent_dim": 4}}
+        location = ["copy_test", "generator_path"]
+    elif where == "mrgan":
+        body = {
+            **digits,
+            "kind": "mrgan",
+            "mrgan": {"steps": 10, "embedding": {"kind": "onnx", "path": name}},
+        }
+        location = ["mrgan", "embedding", "path"]
+    else:
+        body = {**digits, "generated": {"builtin": "digits:test"},
+                "copy_test": {"embedding": {"kind": "onnx", "path": name}}}  # fmt: skip
+        location = ["copy_test", "embedding", "path"]
+    response = keyed_stack.client.post("/jobs", json=body, headers=AS_ALICE)
+    _assert_refused(response, 422, (name, *words))
+    assert response.json()["detail"][0]["loc"] == location
+    assert str(hostile_onnx) not in response.text, "a server path leaked into the message"
+
+
 # ---- what one request may cost (OWASP API4): every refusal is a 422 naming the field and the limit ----
 
 DIGITS_TRAIN, DIGITS_TEST = {"builtin": "digits:train"}, {"builtin": "digits:test"}

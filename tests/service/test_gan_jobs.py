@@ -69,6 +69,33 @@ def test_copy_test_job_samples_a_torchscript_generator(sqlite_stack: Stack) -> N
     assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["copy_test", "latent_dim"]
 
 
+def test_copy_test_jobs_run_an_onnx_generator_and_an_onnx_embedding(sqlite_stack: Stack) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from tests.onnx_models import ConvFeatures, LinearGenerator, export_onnx, save_torchscript
+
+    root = sqlite_stack.data_root
+    export_onnx(LinearGenerator(), torch.zeros(2, 4), root / "generator.onnx")
+    export_onnx(ConvFeatures(), torch.zeros(2, 1, 8, 8), root / "features.onnx")
+    digits = {"dataset": {"builtin": "digits:train"}, "heldout": {"builtin": "digits:test"}}
+    sampled = _submit(sqlite_stack, {"kind": "copy_test", **digits, "copy_test": {
+        "generator_path": "generator.onnx", "latent_dim": 4, "n_generated": 250, "cells": 2}})  # fmt: skip
+    assert sampled["summary"]["n_generated"] == 250 and sampled["summary"]["c_t"] > 0  # noise underfits
+    save_torchscript(ConvFeatures(), root / "features.pt")
+    copies = {"kind": "copy_test", **digits, "generated": {"builtin": "digits:train"}}
+    summaries = [
+        _submit(
+            sqlite_stack, {**copies, "copy_test": {"embedding": {"kind": kind, "path": path}, "cells": 2}}
+        )
+        for kind, path in (("onnx", "features.onnx"), ("torchscript", "features.pt"))
+    ]
+    summaries = [job["summary"] for job in summaries]
+    # The training set offered as its own samples: all copies, in ONNX as in TorchScript.
+    assert summaries[0]["c_t"] < 0 and summaries[0]["generated_copy_share"] > 0.9
+    assert summaries[0]["c_t"] == pytest.approx(summaries[1]["c_t"], abs=0.02)
+    assert summaries[0]["n_generated"] == summaries[1]["n_generated"] == summaries[0]["n_train"]
+
+
 def test_mrgan_job_runs_one_unit_per_tau(sqlite_stack: Stack) -> None:
     job = _submit(sqlite_stack, {
         "kind": "mrgan", "dataset": {"builtin": "digits:train"}, "heldout": {"builtin": "digits:test"},
