@@ -166,3 +166,28 @@ def plan_units(
     count = math.ceil(total / min(size, total))
     bounds = [round(i * total / count) for i in range(count + 1)]
     return [list(range(bounds[i], bounds[i + 1])) for i in range(count)]
+
+
+def repetition_aligned(units: list[list[int]], folds: int) -> list[list[int]]:
+    """``units`` cut at repetition boundaries (model ids rep*K .. rep*K+K-1), so that no unit mixes two
+    repetitions: the adaptive stop (SPEC §7) can then skip whole repetitions. Splitting changes no
+    model (units are independent); the order (by model id) is kept."""
+    aligned: list[list[int]] = []
+    for unit in units:
+        current: list[int] = []
+        for model in unit:
+            if current and model // folds != current[-1] // folds:
+                aligned.append(current)
+                current = []
+            current.append(model)
+        if current:
+            aligned.append(current)
+    return aligned
+
+
+def complete_repetitions(done_models: set[int], folds: int, repeats: int) -> int:
+    """How many leading repetitions 0..l-1 have every one of their K models in ``done_models``."""
+    for rep in range(repeats):
+        if any(rep * folds + k not in done_models for k in range(folds)):
+            return rep
+    return repeats

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db import Job, SampleScore
@@ -161,13 +161,16 @@ def _gan_section(session: Session, settings: Settings, job: Job, train: np.ndarr
     arrays = _gan_arrays(settings, job.id, reference)
     units = summary.get("units") or [summary]
     threshold = _number(units[min(reference, len(units) - 1)].get("copy_threshold")) if units else None
-    query = (select(SampleScore.sample_id, SampleScore.copy_count)
-             .where(SampleScore.job_id == job.id, SampleScore.copy_count > 0)
-             .order_by(SampleScore.copy_count.desc(), SampleScore.sample_id).limit(top))
+    # SPEC §5's within-tau count first (rows from before revision 0007 have only the nearest-credit one)
+    count = func.coalesce(SampleScore.within_tau_count, SampleScore.nearest_copy_count)
+    query = (select(SampleScore.sample_id, count, SampleScore.nearest_copy_count)
+             .where(SampleScore.job_id == job.id, count > 0)
+             .order_by(count.desc(), SampleScore.sample_id).limit(top))
     copied = []
-    for sample_id, count in session.execute(query):
+    for sample_id, within, nearest in session.execute(query):
         copies, distances = _copies_of(int(sample_id), arrays, threshold)
-        copied.append(CopiedSample(sample_id=int(sample_id), copy_count=float(count or 0.0),
+        copied.append(CopiedSample(sample_id=int(sample_id), copy_count=float(within or 0.0),
+                                   nearest_copy_count=None if nearest is None else float(nearest),
                                    image=None if train is None else train[int(sample_id)],
                                    copies=copies, copy_distances=distances))
     if not sweep and not copied:

@@ -94,10 +94,11 @@ class CopiedSample:
     """A training image the GAN reproduces: how many generated samples fall within tau, and some of them."""
 
     sample_id: int
-    copy_count: float
+    copy_count: float  # SPEC §5 within-tau count (the nearest-credit count for jobs from before it was kept)
     image: Image | None
     copies: Sequence[Image] = ()
     copy_distances: Sequence[float] = ()
+    nearest_copy_count: float | None = None  # generated samples whose nearest training sample this is
 
 
 @dataclass(frozen=True)

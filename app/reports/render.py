@@ -203,7 +203,13 @@ def _copied_card(sample: CopiedSample) -> str:
     for number, (copy, distance) in enumerate(zip(sample.copies, distances, strict=True)):
         figures += _figure(copy, f"copy {number + 1}, d={_fmt(distance)}")
     return (f'<div class="card"><div class="row">{figures}</div>'
-            f"<div>{_fmt(sample.copy_count)} generated samples within τ</div></div>")
+            f"<div>{_fmt(sample.copy_count)} generated samples within τ{_nearest_note(sample)}</div></div>")
+
+
+def _nearest_note(sample: CopiedSample) -> str:
+    if sample.nearest_copy_count is None:
+        return ""
+    return f" · {_fmt(sample.nearest_copy_count)} with it as nearest (copy threshold)"
 
 
 def _gan_section(gan: GanSection | None) -> str:

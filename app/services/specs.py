@@ -50,10 +50,20 @@ SCHEMA_RULES: dict[str, dict[str, dict[str, Any]]] = {
         "models_per_unit": {"minimum": 1},
         "is_chunk_bytes": {"minimum": 1, "maximum": MAX_IS_CHUNK_BYTES},
         "n_generated": {"minimum": 0},
+        "stop_when_stable": {"exclusiveMinimum": 0, "maximum": 1},
     },
     "MrganSpec": {
         "taus": {"items": {"minimum": 0, "maximum": 2}},
         "tau_quantiles": {"items": {"minimum": 0, "maximum": 1}},
+    },
+}
+
+# Descriptions of generated fields, published in /openapi.json next to SCHEMA_RULES' ranges.
+FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "AuditSpec": {
+        "stop_when_stable": "SPEC §7 adaptive stop (off when null): once the top-k overlap of the ranking "
+        "from repetitions 1..l with that from 1..l-1 reaches this value for two repetitions in a row, the "
+        "remaining units are skipped and the scores use repetitions 1..l (summary.repeats_used)",
     },
 }
 
