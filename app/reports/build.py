@@ -28,6 +28,7 @@ from app.reports.model import (
     SampleEntry,
     TauRow,
 )
+from app.reports.uncertainty import uncertainty_view
 from app.services.datasets import load_dataset_spec
 from app.services.job_samples import job_labels
 from app.services.scores import top_scores
@@ -216,6 +217,7 @@ def _vae_parts(session: Session, settings: Settings, job: Job, train: np.ndarray
         "epochs": epochs,
         "losses": losses,
         **_classes(session, job, score),
+        "uncertainty": uncertainty_view(session, job, top),
     }
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from app.reports.uncertainty import UncertaintyView
 
 Image = np.ndarray
 
@@ -127,3 +130,4 @@ class ReportData:
     notes: Sequence[str] = ()
     classes: Sequence[ClassRow] = ()  # per label, when the training set has labels
     class_threshold: float | None = None
+    uncertainty: UncertaintyView | None = None  # SPEC §7 section (app.reports.uncertainty)

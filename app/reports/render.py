@@ -24,6 +24,7 @@ from app.reports.model import (
     ReportData,
     SampleEntry,
 )
+from app.reports.uncertainty import render_uncertainty
 
 HIGH_QUANTILE = 0.95  # SPEC §1.5: "highly memorized" = above the 0.95 quantile of M
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -54,6 +55,7 @@ def render_report(data: ReportData) -> str:
         _histogram_section(data),
         _classes_section(data),
         _top_section(data.top),
+        render_uncertainty(data.uncertainty),
         _rho_section(data),
         _epochs_section(data),
         _gan_section(data.gan),
