@@ -169,19 +169,19 @@ def plan_units(
 
 
 def repetition_aligned(units: list[list[int]], folds: int) -> list[list[int]]:
-    """``units`` cut at repetition boundaries (model ids rep*K .. rep*K+K-1), so that no unit mixes two
-    repetitions: the adaptive stop (SPEC §7) can then skip whole repetitions. Splitting changes no
-    model (units are independent); the order (by model id) is kept."""
+    """The models of ``units`` re-cut so that every unit holds models of one repetition only (ids
+    rep*K .. rep*K+K-1): one unit per repetition when the planned size allows K models, else each
+    repetition cut into near-equal contiguous pieces no larger than the planned size. The adaptive stop
+    (SPEC §7) can then skip whole repetitions and look at the ranking after each one. Re-cutting changes
+    no model (units are independent, batched == sequential); the order (by model id) is kept."""
+    models = sorted(m for unit in units for m in unit)
+    size = max((len(unit) for unit in units), default=1)
     aligned: list[list[int]] = []
-    for unit in units:
-        current: list[int] = []
-        for model in unit:
-            if current and model // folds != current[-1] // folds:
-                aligned.append(current)
-                current = []
-            current.append(model)
-        if current:
-            aligned.append(current)
+    for rep in sorted({m // folds for m in models}):
+        ids = [m for m in models if m // folds == rep]
+        pieces = math.ceil(len(ids) / size)
+        bounds = [round(i * len(ids) / pieces) for i in range(pieces + 1)]
+        aligned += [ids[bounds[i]:bounds[i + 1]] for i in range(pieces)]
     return aligned
 
 
