@@ -106,16 +106,17 @@ def _direct(spec: dict[str, Any], images: np.ndarray) -> AuditResult:
     )
 
 
-def test_stop_when_stable_skips_the_remaining_repetitions(
-    pg_stack: Stack, dataset_id: str, images: np.ndarray
-) -> None:
+def test_stop_when_stable_skips_the_remaining_repetitions(pg_stack: Stack, images: np.ndarray) -> None:
     """K = 2, L = 5, one unit per repetition: the rule (any overlap, two repetitions in a row) fires after
     repetition 3, so the two remaining units are skipped, 6 of the 10 fits run, and the scores are those
-    of the local early-stopping run."""
-    spec = tiny_job({"id": dataset_id}, folds=2, repeats=5, models_per_unit=2, stop_when_stable=1e-9)
-    response = pg_stack.client.post("/jobs", json=spec, headers=AS_ALICE)
+    of the local early-stopping run. (Bob's job: Alice's latest finished job stays the module's.)"""
+    upload = pg_stack.client.post("/datasets", files={"file": ("digits.npz", npz_bytes(images))},
+                                  headers=AS_BOB)
+    assert upload.status_code in (200, 201), upload.text
+    spec = tiny_job({"id": upload.json()["id"]}, folds=2, repeats=5, models_per_unit=2, stop_when_stable=1e-9)
+    response = pg_stack.client.post("/jobs", json=spec, headers=AS_BOB)
     assert response.status_code == 202, response.text
-    job = pg_stack.wait_for_state(response.headers["Location"], headers=AS_ALICE)
+    job = pg_stack.wait_for_state(response.headers["Location"], headers=AS_BOB)
     assert job["state"] == JobState.SUCCEEDED, job
     progress, summary = job["progress"], job["summary"]
     assert progress["units_total"] == 5 and progress["units_done"] == 3 and progress["units_skipped"] == 2
@@ -125,7 +126,7 @@ def test_stop_when_stable_skips_the_remaining_repetitions(
     result = _direct(spec, images)
     assert result.repeats_used == 3
     served = pg_stack.client.get(f"/jobs/{job['id']}/scores", params={"sort": "sample_id", "limit": 1000},
-                                 headers=AS_ALICE).json()["items"]  # fmt: skip
+                                 headers=AS_BOB).json()["items"]  # fmt: skip
     np.testing.assert_allclose([item["score"] for item in served], result.scores.M, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose([item["score_lo"] for item in served], result.score_lo, rtol=1e-9, atol=1e-9)
 
