@@ -419,3 +419,26 @@ def test_two_units_completing_repetitions_at_once_both_stopping_finish_once(lab:
         assert skipped.scalar() == 1, "two stops both counted the skipped unit"
     assert _finish_sends(lab, job_id) == 1, "both stops sent the finishing step"
     _finishes_on_three_repetitions(lab, job_id)
+
+
+def test_a_running_unit_the_stop_skipped_stops_at_its_next_epoch_check_and_writes_nothing(lab: Lab) -> None:
+    """Unit 3 is training (held at its first progress write) when unit 2's run stops the job: the skip
+    takes its claim, so its progress write is refused, it stops with nothing written (no epoch, no
+    artifact, no count) and the job finishes on three repetitions."""
+    from workers import runner
+
+    job_id = lab.new_job(**STOPPING)
+    lab.run_units(job_id, 0, 1)
+    with hold_before_statement(lab.engine, "trainer", "UPDATE units SET epoch") as hold:
+        thread, outcome = in_thread("trainer", lambda: runner.run_unit(job_id, 3))
+        assert hold.reached.wait(120)  # unit 3 finished an epoch and is about to record it...
+        runner.run_unit(job_id, 2)  # ...when unit 2 completes the third repetition and the rule fires
+        assert _unit_states(lab, job_id) == ["done", "done", "done", "skipped", "skipped"]
+        skipped = lab.unit(job_id, 3)
+        hold.release.set()
+        thread.join(180)
+    assert outcome == [None]
+    assert lab.unit(job_id, 3) == skipped and skipped["epoch"] == 0 and skipped["artifact_path"] is None
+    assert not (lab.artifacts / job_id / "unit-0003.npz").exists(), "the skipped unit wrote its artifact"
+    assert lab.row(job_id)["units_done"] == 3
+    _finishes_on_three_repetitions(lab, job_id)
