@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 MIN_REPETITIONS = 3  # the rule needs overlap_l and overlap_{l-1}, so l >= 3
 
 
-def _repetition(unit: Unit, folds: int) -> int:
-    return int(min(unit.model_ids)) // folds
+def _repetitions(unit: Unit, folds: int) -> set[int]:
+    return {int(m) // folds for m in unit.model_ids}
 
 
 def _whole_prefix(units: list[Unit], audit: AuditConfig) -> int:
@@ -45,11 +45,22 @@ def _whole_prefix(units: list[Unit], audit: AuditConfig) -> int:
     return complete_repetitions(done, audit.folds, audit.repeats)
 
 
+def _prefix_units(units: list[Unit], audit: AuditConfig) -> tuple[int, list[Unit]]:
+    """The leading whole repetitions and the done units lying entirely inside them. Units planned by
+    ``repetition_aligned`` never straddle two repetitions; one that does (a job planned before it) is left
+    out together with the repetition it would leave incomplete, until the set is whole again."""
+    chosen = [unit for unit in units if unit.state == UnitState.DONE and unit.artifact_path]
+    while True:
+        prefix = _whole_prefix(chosen, audit)
+        inside = [unit for unit in chosen if max(_repetitions(unit, audit.folds)) < prefix]
+        if len(inside) == len(chosen) or not inside:
+            return (prefix, inside) if inside else (0, [])
+        chosen = inside
+
+
 def whole_repetition_artifacts(units: list[Unit], audit: AuditConfig) -> list[Path]:
     """Artifacts of the done units of the leading whole repetitions (what the finishing step combines)."""
-    prefix = _whole_prefix(units, audit)
-    return [Path(unit.artifact_path) for unit in units if unit.state == UnitState.DONE
-            and unit.artifact_path and _repetition(unit, audit.folds) < prefix]
+    return [Path(str(unit.artifact_path)) for unit in _prefix_units(units, audit)[1]]
 
 
 def _stable(paths: list[Path], n_samples: int, audit: AuditConfig) -> int | None:
@@ -72,13 +83,12 @@ def stop_if_stable(job_id: str, unit_index: int) -> int:
             return 0
         audit = build_configs(job.spec).audit
         units = list(session.scalars(select(Unit).where(Unit.job_id == job_id).order_by(Unit.index)))
-        prefix = _whole_prefix(units, audit)
-        mine = next((unit for unit in units if unit.index == unit_index), None)
-        if mine is None or prefix < MIN_REPETITIONS or prefix >= audit.repeats:
+        prefix, inside = _prefix_units(units, audit)
+        if prefix < MIN_REPETITIONS or prefix >= audit.repeats:
             return 0  # too few repetitions yet, or nothing left to skip
-        if _repetition(mine, audit.folds) >= prefix:
+        if all(unit.index != unit_index for unit in inside):
             return 0  # this unit did not extend the whole prefix: the rule's input is unchanged
-        paths, n_samples = whole_repetition_artifacts(units, audit), job.n_samples
+        paths, n_samples = [Path(str(unit.artifact_path)) for unit in inside], job.n_samples
     repeats = _stable(paths, n_samples, audit)  # no transaction is open while artifacts are read
     if repeats is None:
         return 0
