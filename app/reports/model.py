@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # app.reports.evidence renders with app.reports.images, which imports this module
+    from app.reports.evidence import EvidencePanel
     from app.reports.uncertainty import UncertaintyView
 
 Image = np.ndarray
@@ -130,4 +131,5 @@ class ReportData:
     notes: Sequence[str] = ()
     classes: Sequence[ClassRow] = ()  # per label, when the training set has labels
     class_threshold: float | None = None
+    evidence: EvidencePanel | None = None  # nearest-neighbour evidence of the top flagged samples
     uncertainty: UncertaintyView | None = None  # SPEC §7 section (app.reports.uncertainty)

@@ -7,18 +7,21 @@ The generators open their own session: a streamed body outlives the request's se
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import and_, case, literal, select
 
-from app.db import Job, JobSample, SampleScore, get_sessionmaker
+from app.db import Job, SampleScore, get_sessionmaker
+from app.services.job_samples import sample_text
 
 
 def confidence_threshold(job: Job) -> float | None:
     """The job's 0.95 quantile of M (summary.highly_memorized_threshold); None before it succeeded."""
     value = (job.summary or {}).get("highly_memorized_threshold")
     return float(value) if isinstance(value, int | float) else None
+
 
 BATCH_ROWS = 20_000  # rows per DB fetch, CSV chunk and Parquet row group
 COLUMNS = ("sample_id", "key", "label", "rank", "score", "log_p_in", "log_p_out", "n_in", "n_out",
@@ -42,17 +45,20 @@ def _confident(threshold: float | None) -> Any:
 def _column(name: str, threshold: float | None) -> Any:
     if name == "confident":
         return _confident(threshold).label(name)
-    return getattr(JobSample if name in _TEXT_COLUMNS else SampleScore, name)
+    return sample_text(name) if name in _TEXT_COLUMNS else getattr(SampleScore, name)
+
+
+def export_query(job_id: str, threshold: float | None = None) -> Any:
+    """Every row of a job in ``COLUMNS`` order, by sample id. ``threshold``: the job's 0.95 quantile of
+    M, which ``confident`` compares score_lo with (confidence_threshold)."""
+    columns = [_column(name, threshold) for name in COLUMNS]
+    return select(*columns).where(SampleScore.job_id == job_id).order_by(SampleScore.sample_id)
 
 
 def score_batches(job_id: str, batch_rows: int = BATCH_ROWS,
                   threshold: float | None = None) -> Iterator[Sequence[Row]]:  # fmt: skip
-    """(sample_id order) batches of rows; on PostgreSQL a server-side cursor, never the whole table.
-    ``threshold``: the job's 0.95 quantile of M, which ``confident`` compares score_lo with."""
-    columns = [_column(name, threshold) for name in COLUMNS]
-    joined = and_(JobSample.job_id == SampleScore.job_id, JobSample.sample_id == SampleScore.sample_id)
-    query = (select(*columns).outerjoin(JobSample, joined).where(SampleScore.job_id == job_id)
-             .order_by(SampleScore.sample_id).execution_options(yield_per=batch_rows))
+    """(sample_id order) batches of rows; on PostgreSQL a server-side cursor, never the whole table."""
+    query = export_query(job_id, threshold).execution_options(yield_per=batch_rows)
     with get_sessionmaker()() as session:
         result = session.execute(query)
         yield from result.partitions()
@@ -123,6 +129,9 @@ def parquet_schema(job: Job | None = None) -> Any:
     if job is not None:  # the file says which audit it came from
         metadata = {"memaudit.job_id": job.id, "memaudit.kind": job.kind,
                     "memaudit.provisional": str(bool(job.scores_provisional)).lower()}
+        block = (job.summary or {}).get("provenance")
+        if block is not None:  # app.provenance; `memaudit diff` reads it from here
+            metadata["memaudit.provenance"] = json.dumps(block, sort_keys=True)
     return pa.schema(fields, metadata=metadata)
 
 
