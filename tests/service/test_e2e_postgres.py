@@ -131,6 +131,9 @@ def test_stop_when_stable_skips_the_remaining_repetitions(pg_stack: Stack, image
     assert summary["n_models"] == 6 < 2 * 5, "the service trained every repetition"
     assert summary["repeats_used"] == 3 and summary["repeats_requested"] == 5 and summary["stopped_early"]
     assert len(summary["stability"]) == 2
+    recorded = summary["provenance"]["units"]  # the skipped units are there, with nothing they ran
+    assert [unit["state"] for unit in recorded] == ["done"] * 3 + ["skipped"] * 2
+    assert all(len(recorded[i]) > len(recorded[3]) == len(recorded[4]) for i in range(3))
     result = _direct(spec, images)
     assert result.repeats_used == 3
     served = pg_stack.client.get(f"/jobs/{job['id']}/scores", params={"sort": "sample_id", "limit": 1000},
