@@ -116,6 +116,9 @@ class Job(Base):
     device: Mapped[str | None] = mapped_column(String(32), nullable=True)
     units_total: Mapped[int] = mapped_column(Integer, default=0)
     units_done: Mapped[int] = mapped_column(Integer, default=0)
+    # Units the adaptive stop (audit.stop_when_stable) moved to skipped (revision 0007); the job is
+    # complete when units_done + units_skipped = units_total.
+    units_skipped: Mapped[int] = mapped_column(Integer, default=0)
     # Starts of the finishing step (bounded like a unit's attempts; also its claim token) and the
     # heartbeat of the one running now (revision 0003; before, the count lived in ``progress``).
     finish_attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -133,7 +136,8 @@ class Job(Base):
 
     def progress_document(self) -> dict[str, Any]:
         """What the API and webhooks show as ``progress``: the counters plus the live position."""
-        return {**(self.progress or {}), "units_done": self.units_done, "units_total": self.units_total}
+        return {**(self.progress or {}), "units_done": self.units_done, "units_total": self.units_total,
+                "units_skipped": self.units_skipped}
 
 
 class Unit(Base):
@@ -157,8 +161,10 @@ class Unit(Base):
 
 
 class SampleScore(Base):
-    """One row per (job, training sample). Generic: VAE audits fill score/log_p_in/log_p_out,
-    GAN jobs may fill copy_count/rho/extra instead. Non-finite scores are stored as NULL."""
+    """One row per (job, training sample). Generic: VAE audits fill score/log_p_in/log_p_out and, in the
+    final set with L >= 2, the bootstrap interval score_se/score_lo/score_hi (SPEC §7, revision 0007);
+    GAN jobs fill within_tau_count (SPEC §5's radius count) / nearest_copy_count (nearest-credit count,
+    called copy_count before revision 0007) / rho instead. Non-finite values are stored as NULL."""
 
     __tablename__ = "sample_scores"
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
@@ -170,8 +176,27 @@ class SampleScore(Base):
     n_out: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rho: Mapped[float | None] = mapped_column(Float, nullable=True)
-    copy_count: Mapped[float | None] = mapped_column(Float, nullable=True)
+    nearest_copy_count: Mapped[float | None] = mapped_column(Float, nullable=True)
     extra: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    score_se: Mapped[float | None] = mapped_column(Float, nullable=True)
+    score_lo: Mapped[float | None] = mapped_column(Float, nullable=True)
+    score_hi: Mapped[float | None] = mapped_column(Float, nullable=True)
+    within_tau_count: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class TauCount(Base):
+    """SPEC §5's per-training-sample counts for every tau of a GAN job (revision 0007): one row per
+    (job, tau index, sample) where either count at that tau is not zero (a missing row is zeros).
+    ``tau_index`` is the unit's index (explicit taus first, then tau quantiles; copy_test: its radii in
+    order), ``tau`` its resolved value. sample_scores holds the counts of the job's reference tau."""
+
+    __tablename__ = "tau_counts"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tau_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tau: Mapped[float] = mapped_column(Float)
+    within_tau_count: Mapped[int] = mapped_column(Integer)
+    nearest_copy_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class JobSample(Base):

@@ -9,7 +9,11 @@ means the job will not succeed, a 409 that it had already finished.
 
 A unit is ``pending`` until a worker claims it (``running``, ``attempts + 1``), ``done`` once its
 artifact exists, and goes back to ``pending`` when its run is abandoned (cancel, a database error, or
-the reconciler finding its heartbeat stale). ``failed`` marks the unit that failed its job.
+the reconciler finding its heartbeat stale). ``failed`` marks the unit that failed its job. ``skipped``
+marks a unit the adaptive stop (``audit.stop_when_stable``, SPEC §7) made unnecessary: once the ranking
+is stable the job's pending and running units move to ``skipped`` in one guarded UPDATE; a running one
+notices at its next epoch check (its claim is gone) and writes nothing. A job is complete when every
+unit is ``done`` or ``skipped`` (``units_done + units_skipped = units_total``).
 
 Every change of a row in ``jobs`` or ``units`` made by the service goes through :func:`guarded_update`:
 one ``UPDATE ... WHERE id = ? AND state IN (allowed) [AND ...]`` that reports whether it applied. Nothing
@@ -44,6 +48,7 @@ class UnitState(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 # Legal moves: state -> the states it may move to. Anything not listed is refused before any SQL runs.
@@ -56,10 +61,11 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.CANCELLED: frozenset(),
 }
 UNIT_TRANSITIONS: Mapping[UnitState, frozenset[UnitState]] = {
-    UnitState.PENDING: frozenset({UnitState.RUNNING, UnitState.FAILED}),
-    UnitState.RUNNING: frozenset({UnitState.DONE, UnitState.PENDING, UnitState.FAILED}),
+    UnitState.PENDING: frozenset({UnitState.RUNNING, UnitState.FAILED, UnitState.SKIPPED}),
+    UnitState.RUNNING: frozenset({UnitState.DONE, UnitState.PENDING, UnitState.FAILED, UnitState.SKIPPED}),
     UnitState.DONE: frozenset(),
     UnitState.FAILED: frozenset(),
+    UnitState.SKIPPED: frozenset(),
 }
 
 JOB_ACTIVE: frozenset[JobState] = frozenset({JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING})
@@ -68,6 +74,8 @@ UNIT_FINISHED: frozenset[UnitState] = frozenset(
     state for state, moves in UNIT_TRANSITIONS.items() if not moves
 )
 UNIT_UNFINISHED: frozenset[UnitState] = frozenset(UnitState) - UNIT_FINISHED
+# Finished without failing: a job whose units are all in these states is ready for its finishing step.
+UNIT_COMPLETE: frozenset[UnitState] = frozenset({UnitState.DONE, UnitState.SKIPPED})
 
 State = JobState | UnitState
 

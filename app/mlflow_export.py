@@ -1,10 +1,12 @@
 """`memaudit export-mlflow`: one MLflow run per audit job, fetched through the REST API.
 
 The run gets the job spec as params (flattened, ``model.latent``), the summary as metrics (M quantiles,
-counts, per class ``class.<label>.median|q95|count|n_above_threshold``; per-epoch quantiles and loss curves
-as stepped metrics), tags naming the job and server (and the memaudit version and source revision), the
-provenance block's inputs, software and seeds as ``provenance.*`` params, and three artifacts: the HTML
-report, the scores as Parquet (with the samples' ``key`` and ``label`` columns) and provenance.json.
+counts, ``confidently_memorized`` and ``repeats_used`` (SPEC §7), per class
+``class.<label>.median|q95|count|n_above_threshold``; per-epoch quantiles, loss curves and the ranking
+``stability`` (step = repetition l) as stepped metrics), tags naming the job and server (and the memaudit
+version and source revision), the provenance block's inputs, software and seeds as ``provenance.*``
+params, and three artifacts: the HTML report, the scores as Parquet (with the samples' ``key`` and
+``label`` columns) and provenance.json.
 Needs the optional extra ``mlflow`` (mlflow-skinny); the tracking URI is anything MLflow accepts
 (``file:/path/mlruns``, ``http://...``).
 """
@@ -62,9 +64,11 @@ def job_metrics(job: Mapping[str, Any]) -> list[tuple[str, float, int]]:
     summary = job.get("summary") or {}
     metrics = [(f"M_q{q}", float(v), 0) for q, v in (summary.get("quantiles") or {}).items() if _finite(v)]
     for name in ("mean", "n_samples", "n_models", "n_non_finite", "n_highly_memorized",
-                 "highly_memorized_threshold"):
+                 "highly_memorized_threshold", "confidently_memorized", "repeats_used"):  # SPEC §7 last
         if _finite(summary.get(name)):
             metrics.append((name if name != "mean" else "M_mean", float(summary[name]), 0))
+    metrics.extend(("stability", float(row["overlap"]), int(row["repetition"]))  # top-k overlap per l
+                   for row in summary.get("stability") or [] if _finite(row.get("overlap")))
     for row in summary.get("epochs") or []:
         metrics.extend((f"epoch_M_q{q}", float(v), int(row["epoch"]))
                        for q, v in row.items() if q != "epoch" and _finite(v))

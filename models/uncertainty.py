@@ -183,6 +183,25 @@ class Uncertainty:
     repeats: int  # L, the repetitions the scores are based on
     resamples: int
 
+    def summary(self, repeats_requested: int) -> dict[str, object]:
+        """The SPEC §7 part of a job summary, JSON-safe: the same keys in the local CLI's summary.json
+        and in the service's job summary (one function, so the two never drift apart)."""
+        return {
+            "confidently_memorized": self.n_confident,  # score_lo above the 0.95 quantile; None when L = 1
+            "bootstrap": {
+                "resamples": self.resamples,
+                "interval_percentiles": [int(p) for p in INTERVAL_PERCENTILES],
+            },
+            "stability": [
+                {"repetition": rep, "overlap": float(overlap)}
+                for rep, overlap in enumerate(self.stability, start=2)
+            ],
+            "stability_top_k": self.top_k,
+            "repeats_used": self.repeats,
+            "repeats_requested": repeats_requested,
+            "stopped_early": self.repeats < repeats_requested,
+        }
+
 
 def assess(
     folds_of: np.ndarray,

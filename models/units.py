@@ -166,3 +166,28 @@ def plan_units(
     count = math.ceil(total / min(size, total))
     bounds = [round(i * total / count) for i in range(count + 1)]
     return [list(range(bounds[i], bounds[i + 1])) for i in range(count)]
+
+
+def repetition_aligned(units: list[list[int]], folds: int) -> list[list[int]]:
+    """The models of ``units`` re-cut so that every unit holds models of one repetition only (ids
+    rep*K .. rep*K+K-1): one unit per repetition when the planned size allows K models, else each
+    repetition cut into near-equal contiguous pieces no larger than the planned size. The adaptive stop
+    (SPEC §7) can then skip whole repetitions and look at the ranking after each one. Re-cutting changes
+    no model (units are independent, batched == sequential); the order (by model id) is kept."""
+    models = sorted(m for unit in units for m in unit)
+    size = max((len(unit) for unit in units), default=1)
+    aligned: list[list[int]] = []
+    for rep in sorted({m // folds for m in models}):
+        ids = [m for m in models if m // folds == rep]
+        pieces = math.ceil(len(ids) / size)
+        bounds = [round(i * len(ids) / pieces) for i in range(pieces + 1)]
+        aligned += [ids[bounds[i]:bounds[i + 1]] for i in range(pieces)]
+    return aligned
+
+
+def complete_repetitions(done_models: set[int], folds: int, repeats: int) -> int:
+    """How many leading repetitions 0..l-1 have every one of their K models in ``done_models``."""
+    for rep in range(repeats):
+        if any(rep * folds + k not in done_models for k in range(folds)):
+            return rep
+    return repeats

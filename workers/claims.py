@@ -8,8 +8,10 @@ change anything: its writes report that they did not apply and the run stops. Th
 claimed the same way on the job row (``finish_attempts`` is its token, ``finish_heartbeat_at`` its
 lease), and its final write is guarded by ``state = running AND finish_attempts = token``.
 
-Counters are columns changed by the same statements (``units_done + 1`` when a unit becomes done), so
-exactly one unit's completion sees the job complete and enqueues the finishing step.
+Counters are columns changed by the same statements (``units_done + 1`` when a unit becomes done,
+``units_skipped + n`` when the adaptive stop skips n units), so exactly one transaction sees the job
+complete (``units_done + units_skipped = units_total``) and enqueues the finishing step. Every such
+transaction locks unit rows before the job row, so two of them never deadlock.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.db import Job, Unit, session_scope, utcnow
-from app.lifecycle import JOB_ACTIVE, JobState, UnitState, guarded_update
+from app.lifecycle import JOB_ACTIVE, JobState, UnitState, guarded_update, sources_of
 from app.services.transitions import cancel_job, fail_job, move_job, start_job
 from app.settings import get_settings
 from app.tasks import FINISH_JOB, enqueue_on_commit
@@ -199,12 +201,48 @@ def complete_unit(session: Session, claim: UnitClaim, path: Path, seconds: float
     counted = guarded_update(
         session, Job, claim.job_id, when=JOB_ACTIVE, units_done=Job.units_done + 1, updated_at=now
     )
-    done, total = session.execute(select(Job.units_done, Job.units_total).where(Job.id == claim.job_id)).one()
-    complete = counted and done >= total
+    complete = counted and _job_complete(session, claim.job_id)
     if complete:
         enqueue_on_commit(session, FINISH_JOB, claim.job_id)
     session.commit()
     return complete
+
+
+def _job_complete(session: Session, job_id: str) -> bool:
+    """After this transaction's counter update (the job row is locked): is every unit done or skipped?"""
+    done, skipped, total = session.execute(
+        select(Job.units_done, Job.units_skipped, Job.units_total).where(Job.id == job_id)
+    ).one()
+    return bool(done + skipped >= total)
+
+
+def skip_remaining(session: Session, job_id: str) -> int:
+    """The adaptive stop: every pending or running unit of the running job -> skipped, and the job's
+    units_skipped + n, in one transaction (commits). Returns n (0: nothing left, or another stop, a
+    cancel or a completing unit got there first). A running unit's run finds its claim gone at its next
+    epoch check and writes nothing. Enqueues the finishing step when this makes the job complete."""
+    if session.scalar(select(Job.state).where(Job.id == job_id)) != JobState.RUNNING:
+        session.rollback()
+        return 0
+    open_states = sources_of(UnitState.SKIPPED)
+    candidates = session.scalars(
+        select(Unit.id).where(Unit.job_id == job_id, Unit.state.in_([str(s) for s in open_states]))
+        .order_by(Unit.index)
+    ).all()
+    now = utcnow()
+    skipped = sum(
+        guarded_update(session, Unit, unit_id, when=open_states, to=UnitState.SKIPPED, finished_at=now)
+        for unit_id in candidates
+    )  # one guarded UPDATE per unit, in index order: the row locks are taken in one order by everyone
+    if not skipped or not guarded_update(
+        session, Job, job_id, when=RUNNING_JOB, units_skipped=Job.units_skipped + skipped, updated_at=now
+    ):
+        session.rollback()  # nothing to skip, or the job stopped running meanwhile: change nothing
+        return 0
+    if _job_complete(session, job_id):
+        enqueue_on_commit(session, FINISH_JOB, job_id)
+    session.commit()
+    return skipped
 
 
 # --- the finishing step ------------------------------------------------------------------------------

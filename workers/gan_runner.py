@@ -9,11 +9,14 @@ Artifacts are .npz without pickle (JSON summaries as 0-d unicode arrays; per-sam
 images as uint8 (m, C, H, W) under `generated`, for reports) plus the generator checkpoint
 (`unit-NNNN.generator.pt`, tensors and primitives only).
 
-Stored scores (one row per training sample): `copy_count` = generated samples that copy the sample
-(held-out-calibrated threshold, docs/science.md), `score` = copy_count + 1 / (1 + closest distance) so that
-the score-ordered index ranks by copy count, then closeness; `rho` for copy tests. For a sweep the scores
-come from the unit with the smallest tau (the least-regularised GAN); every unit's counts stay in its
-artifact.
+Stored scores (one row per training sample): `within_tau_count` = SPEC §5's count_tau(i), the generated
+samples within tau of the sample (a radius count; copy_test: its first radius, by default the copy
+threshold), `nearest_copy_count` = generated samples whose nearest training sample it is, within the
+held-out-calibrated copy threshold (docs/science.md), `score` = within_tau_count + 1 / (1 + closest
+distance) so that the score-ordered index ranks by the SPEC §5 count, then closeness; `rho` for copy tests.
+For a sweep the scores come from the unit with the smallest tau (the least-regularised GAN); the counts of
+every tau go to the tau_counts table (``tau_count_rows``) and stay in the artifacts. Artifacts written
+before the within-tau count was kept lack it: their jobs rank by the nearest-credit count as before.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ from models.gan import (
 from models.imageset import ImageSet
 from workers.results import temp_sibling
 
-__all__ = ["GAN_KINDS", "GanInputs", "compute_unit", "finish", "plan_units", "shared_feature_space",
-           "unit_steps", "write_unit"]
+__all__ = ["GAN_KINDS", "GanInputs", "TauCounts", "compute_unit", "finish", "plan_units",
+           "shared_feature_space", "tau_count_rows", "unit_steps", "write_unit"]
 log = logging.getLogger(__name__)
 EMBEDDING_FILE = "embedding.pt"
 
@@ -148,6 +151,7 @@ def _mrgan_unit(
                           progress=report, should_stop=should_stop)  # fmt: skip
     arrays = {
         "copy_count": result.copy_count.cpu().numpy(), "closest": result.closest.cpu().numpy(),
+        "within_tau_count": result.within_tau_count.cpu().numpy(),
         "generated_distance": result.generated_distance.cpu().numpy(),
         "generated_nearest": result.generated_nearest.cpu().numpy(),
         "generated": _uint8(result.generated),
@@ -173,6 +177,8 @@ def _copy_test_unit(job_spec: dict[str, Any], inputs: GanInputs, device: torch.d
     arrays = {
         "copy_count": report.counts.count.cpu().numpy(), "closest": report.counts.closest.cpu().numpy(),
         "rho": report.rho.rho.cpu().numpy(),
+        "within_tau_count": report.within_tau[0].cpu().numpy(),  # (N,) at the first radius
+        "within_tau_counts": report.within_tau.cpu().numpy(), "taus": np.asarray(report.taus),  # (T, N), (T,)
         "generated_distance": report.generated_nearest.distance.cpu().numpy(),
         "generated_nearest": report.generated_nearest.index.cpu().numpy(),
         "generated": _uint8(generated),
@@ -219,13 +225,44 @@ def finish(kind: str, paths: list[Path]) -> tuple[ScoreArrays, dict[str, Any]]:
         summary = {"kind": "copy_test", **unit_summary}
     counts = CopyCounts(0.0, torch.from_numpy(arrays["copy_count"]), torch.from_numpy(arrays["closest"]))
     copy_count = counts.count.double().numpy()
-    score = copy_count + 1.0 / (1.0 + counts.closest.double().numpy())  # closest = inf -> + 0
-    summary["score_rule"] = "copy_count + 1 / (1 + closest generated distance)"
+    within = arrays.get("within_tau_count")
+    within_count = None if within is None else within.astype(np.float64)
+    ranked_by = copy_count if within_count is None else within_count
+    score = ranked_by + 1.0 / (1.0 + counts.closest.double().numpy())  # closest = inf -> + 0
+    count_name = "nearest_copy_count" if within_count is None else "within_tau_count"
+    summary["score_rule"] = f"{count_name} + 1 / (1 + closest generated distance)"
     summary["n_samples"] = len(score)
-    summary["n_copied"] = int((copy_count > 0).sum())
+    summary["n_copied"] = int((copy_count > 0).sum())  # nearest-credit count > 0
+    summary["n_within_tau"] = None if within_count is None else int((within_count > 0).sum())
     nan = np.full(len(score), np.nan)
     zeros = np.zeros(len(score), dtype=np.int64)
     rho = arrays.get("rho")
     scores = ScoreArrays(score=score, log_p_in=nan, log_p_out=nan, n_in=zeros, n_out=zeros,
-                         rho=None if rho is None else rho.astype(np.float64), copy_count=copy_count)
+                         rho=None if rho is None else rho.astype(np.float64), nearest_copy_count=copy_count,
+                         within_tau_count=within_count)  # fmt: skip
     return scores, summary
+
+
+@dataclass(frozen=True)
+class TauCounts:
+    """SPEC §5's counts of one tau of a job (a row group of the tau_counts table)."""
+
+    tau_index: int
+    tau: float
+    within_tau_count: np.ndarray  # (N,) generated samples within tau of each training sample
+    nearest_copy_count: np.ndarray | None  # (N,) the unit's nearest-credit count (mrgan units)
+
+
+def tau_count_rows(kind: str, paths: list[Path]) -> list[TauCounts]:
+    """Every tau's counts: one per mrgan unit (unit index = tau index), one per copy_test radius.
+    Empty for artifacts written before the within-tau count was kept."""
+    loaded = [_load(path) for path in paths]
+    if kind == "mrgan":
+        return [TauCounts(index, float(summary["tau"]), arrays["within_tau_count"], arrays["copy_count"])
+                for index, (arrays, summary) in enumerate(loaded) if "within_tau_count" in arrays]
+    arrays, _ = loaded[0]
+    if "within_tau_counts" not in arrays:
+        return []
+    return [TauCounts(index, float(tau), row, None)
+            for index, (tau, row) in enumerate(zip(arrays["taus"].tolist(), arrays["within_tau_counts"],
+                                                   strict=True))]  # fmt: skip

@@ -46,11 +46,16 @@ def unit_records(units: Sequence[Unit], environment: dict[str, Any] | None, devi
     """Per unit, DB facts (attempts, seconds) beside what its artifact recorded (device, precision);
     units whose artifacts record no device (GAN units) show the device the job was planned for."""
     recorded = (environment or {}).get("units") or []
+    # matched by model ids: with the adaptive stop the result holds only some units (skipped ones have none)
+    by_models = {tuple(r["model_ids"]): r for r in recorded if isinstance(r, dict) and r.get("model_ids")}
     records = []
     for position, unit in enumerate(units):
-        ran = recorded[position] if position < len(recorded) else {}
+        ran = by_models.get(tuple(unit.model_ids)) if by_models else (
+            recorded[position] if position < len(recorded) else {})
+        ran = ran or {}
         facts = {"index": unit.index, "model_ids": list(unit.model_ids), "attempts": unit.attempts,
-                 "seconds": unit.seconds, "device": device}
+                 "seconds": unit.seconds, "device": device,
+                 "state": str(unit.state)}  # "skipped": made unnecessary by the adaptive stop
         records.append({**facts, **{key: value for key, value in ran.items() if key != "model_ids"}})
     return records
 

@@ -7,7 +7,8 @@ thread in the worker's main process). In one transaction it:
   worker's heartbeat thread stamps it every ``heartbeat_interval_s``): running -> pending, and re-sends it;
 - when no unit anywhere is running with a fresh heartbeat (the workers are idle, so a queue that still
   held messages would be draining): re-sends pending units, plan steps of queued jobs without units and
-  finishing steps of jobs whose units are all done (and whose finishing step has no live heartbeat),
+  finishing steps of jobs whose units are all done or skipped (and whose finishing step has no live
+  heartbeat),
   each untouched for ``stale_after_s``.
 
 Candidates are read with ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL: a second reconciler
@@ -29,7 +30,7 @@ from sqlalchemy import ColumnElement, and_, exists, or_, select
 from sqlalchemy.orm import QueryableAttribute, Session
 
 from app.db import Job, Unit, session_scope, utcnow
-from app.lifecycle import JOB_ACTIVE, JobState, UnitState, guarded_update
+from app.lifecycle import JOB_ACTIVE, UNIT_COMPLETE, JobState, UnitState, guarded_update
 from app.settings import get_settings
 from app.tasks import FINISH_JOB, PLAN_JOB, RUN_UNIT, enqueue_on_commit, pending_tasks
 
@@ -93,9 +94,10 @@ def _unit_sends(session: Session, cutoff: dt.datetime, busy: bool, now: dt.datet
 
 
 def _job_sends(session: Session, cutoff: dt.datetime, now: dt.datetime) -> None:
-    """Plan steps of queued jobs without units; finishing steps of jobs whose units are all done (a
-    cancelling one too: its finishing step moves it to cancelled)."""
-    unfinished = exists().where(Unit.job_id == Job.id, Unit.state != UnitState.DONE)
+    """Plan steps of queued jobs without units; finishing steps of jobs whose units are all done or
+    skipped (a cancelling one too: its finishing step moves it to cancelled)."""
+    complete = [str(state) for state in UNIT_COMPLETE]  # done, or skipped by the adaptive stop
+    unfinished = exists().where(Unit.job_id == Job.id, Unit.state.not_in(complete))
     has_units = exists().where(Unit.job_id == Job.id)
     finish_idle = or_(Job.finish_heartbeat_at.is_(None), Job.finish_heartbeat_at < cutoff)
     query = (

@@ -13,7 +13,16 @@ import numpy as np
 
 from app.faults import fault_point
 from app.services.score_writer import ScoreArrays
-from models.audit import AuditResult, Scores, UnitResult, combine, fold_assignment, load_unit, save_unit
+from models.audit import (
+    AuditResult,
+    Scores,
+    Uncertainty,
+    UnitResult,
+    combine,
+    fold_assignment,
+    load_unit,
+    save_unit,
+)
 from models.audit import assemble as assemble_units
 from models.config import AuditConfig
 from models.per_class import per_class
@@ -59,9 +68,13 @@ def final_result(paths: list[Path], n_samples: int, audit: AuditConfig, n_heldou
     return assemble_units(results, n_samples, audit, n_heldout, wall)
 
 
-def score_arrays(scores: Scores) -> ScoreArrays:
+def score_arrays(scores: Scores, uncertainty: Uncertainty | None = None) -> ScoreArrays:
+    """What write_scores stores; ``uncertainty`` (the final set) adds the SPEC §7 interval (NaN, stored
+    NULL, when L = 1)."""
+    interval = {} if uncertainty is None else {
+        "score_se": uncertainty.score_se, "score_lo": uncertainty.score_lo, "score_hi": uncertainty.score_hi}
     return ScoreArrays(score=scores.M, log_p_in=scores.U, log_p_out=scores.V,
-                       n_in=np.asarray(scores.n_in), n_out=np.asarray(scores.n_out))
+                       n_in=np.asarray(scores.n_in), n_out=np.asarray(scores.n_out), **interval)
 
 
 def write_generated(job_dir: Path, result: AuditResult) -> None:
@@ -111,4 +124,6 @@ def summarize(result: AuditResult, labels: list[str | None] | None = None,
         "timings": {key: float(value) for key, value in result.timings.items()},
         "device": result.device,
         "environment": result.environment,  # every unit's device and matmul precision
+        # SPEC §7, keys as in `memaudit audit`'s summary.json: confidently_memorized, stability, repeats_used
+        **result.uncertainty.summary(int(result.folds_of.shape[0])),
     }

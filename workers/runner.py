@@ -25,18 +25,20 @@ from sqlalchemy.orm import Session
 
 from app.db import Job, Unit, session_scope, utcnow
 from app.faults import fault_point
-from app.lifecycle import JOB_TERMINAL, JobState, UnitState, guarded_update
+from app.lifecycle import JOB_TERMINAL, UNIT_COMPLETE, JobState, UnitState, guarded_update
 from app.services.data_identity import ImageSetCache, load_recorded
 from app.services.errors import ServiceError
 from app.services.job_samples import add_job_samples, job_labels
 from app.services.score_writer import write_scores
 from app.services.specs import JobConfigs, build_configs
+from app.services.tau_counts import write_tau_counts
 from app.services.transitions import cancel_job, fail_job, job_state
 from app.settings import get_settings
 from app.tasks import FINISH_JOB, RUN_UNIT, enqueue_on_commit
 from models.audit import Cancelled, plan_units, resolve_device, train_unit
 from models.imageset import ImageSet
-from workers import claims, gan_runner
+from models.units import repetition_aligned
+from workers import adaptive_stop, claims, gan_runner
 from workers import evidence as job_evidence
 from workers.claims import UnitClaim
 from workers.heartbeat import heartbeat
@@ -89,7 +91,7 @@ def plan_job(job_id: str) -> None:
         for unit in units:
             if unit.state == UnitState.PENDING:
                 enqueue_on_commit(session, RUN_UNIT, job_id, unit.index)
-        if units and all(unit.state == UnitState.DONE for unit in units):
+        if units and all(unit.state in UNIT_COMPLETE for unit in units):
             enqueue_on_commit(session, FINISH_JOB, job_id)
 
 
@@ -111,6 +113,8 @@ def _create_units(session: Session, job: Job) -> list[Unit]:
         channels, height, width = (int(side) for side in job.image_shape)
         plan = plan_units(configs.model, configs.audit, job.n_samples, (channels, height, width), device,
                           configs.training.batch_size)
+        if configs.audit.stop_when_stable is not None:  # the stop skips whole repetitions
+            plan = repetition_aligned(plan, configs.audit.folds)
     for index, model_ids in enumerate(plan):
         session.add(Unit(job_id=job.id, index=index, model_ids=[int(m) for m in model_ids]))
     if not guarded_update(
@@ -313,11 +317,21 @@ def _record_unit_done(claim: UnitClaim, path: Path, seconds: float) -> None:
         job = session.get(Job, claim.job_id)
         if complete is False and job is not None:
             _publish_provisional(session, job)
+    if complete is False:
+        adaptive_stop.stop_if_stable(claim.job_id, claim.index)
 
 
 def _done_artifacts(session: Session, job_id: str) -> list[Path]:
     units = _units(session, job_id)
     return [Path(u.artifact_path) for u in units if u.state == UnitState.DONE and u.artifact_path]
+
+
+def _final_artifacts(session: Session, job: Job) -> list[Path]:
+    """The units the final result combines: all done ones, or with the adaptive stop those of the
+    leading whole repetitions (a later repetition that some units finished before the stop is left out)."""
+    if job.kind in gan_runner.GAN_KINDS or job.spec.get("audit", {}).get("stop_when_stable") is None:
+        return _done_artifacts(session, job.id)
+    return adaptive_stop.whole_repetition_artifacts(_units(session, job.id), build_configs(job.spec).audit)
 
 
 def _publish_provisional(session: Session, job: Job) -> None:
@@ -338,7 +352,7 @@ def finish_job(job_id: str) -> None:
             cancel_job(session, job_id)
             return
         units = _units(session, job_id)
-        if not units or any(unit.state != UnitState.DONE for unit in units):
+        if not units or any(unit.state not in UNIT_COMPLETE for unit in units):
             for unit in units:
                 if unit.state == UnitState.PENDING:
                     enqueue_on_commit(session, RUN_UNIT, job_id, unit.index)
@@ -346,7 +360,7 @@ def finish_job(job_id: str) -> None:
         token = claims.claim_finish(session, job_id)
         if token is None:
             return
-        paths = _done_artifacts(session, job_id)
+        paths = _final_artifacts(session, job)
         labels = job_labels(session, job_id, job.n_samples)
         session.commit()
     try:
@@ -363,16 +377,18 @@ def finish_job(job_id: str) -> None:
 
 def _finish_claimed(job: Job, token: int, paths: list[Path], labels: list[str | None] | None) -> None:
     """Compute the final result (no transaction open), then write it and succeed in one transaction."""
+    tau_rows: list[gan_runner.TauCounts] = []
     started = time.monotonic()
     if job.kind in gan_runner.GAN_KINDS:
         arrays, summary = gan_runner.finish(job.kind, paths)
-        generated = None
+        tau_rows, generated = gan_runner.tau_count_rows(job.kind, paths), None
     else:
         heldout_facts = job.spec.get("facts", {}).get("heldout")
         n_heldout = None if heldout_facts is None else int(heldout_facts["count"])
         final = final_result(paths, job.n_samples, build_configs(job.spec).audit, n_heldout)
         conversion = job.spec.get("facts", {}).get("train", {}).get("conversion")
-        arrays, summary, generated = score_arrays(final.scores), summarize(final, labels, conversion), final
+        arrays = score_arrays(final.scores, final.uncertainty)
+        summary, generated = summarize(final, labels, conversion), final
     _store_evidence(job, paths, arrays.score, summary, None if generated is None else generated.samples)
     with session_scope() as session:
         if not claims.lock_finish(session, job.id, token):
@@ -384,6 +400,8 @@ def _finish_claimed(job: Job, token: int, paths: list[Path], labels: list[str | 
         if generated is not None:
             write_generated(paths[0].parent, generated)
         write_scores(session, job.id, arrays, units=len(paths), provisional=False, commit=False)
+        if tau_rows:
+            write_tau_counts(session, job.id, tau_rows)
         if not claims.succeed(session, job.id, token, summary):
             session.rollback()
             _honour_cancel(session, job.id)

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 
 from app.services import patterns
 from app.services.limits import FIELD_LIMITS
-from app.services.specs import SCHEMA_RULES
+from app.services.specs import FIELD_DESCRIPTIONS, SCHEMA_RULES
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ def refine(schema: Schema, settings: Settings, protected: bool) -> None:
     for component, rules in SCHEMA_RULES.items():
         for name, keywords in rules.items():
             constrain(components[component]["properties"][name], keywords)
+    for component, descriptions in FIELD_DESCRIPTIONS.items():
+        for name, text in descriptions.items():
+            components[component]["properties"][name]["description"] = text
     for limit in FIELD_LIMITS:
         keyword = {"items": {"maximum": limit.bound(settings)}} if limit.items else {
             "maximum": limit.bound(settings)}  # fmt: skip

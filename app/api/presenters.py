@@ -41,12 +41,20 @@ def job_out(session: Session, job: Job) -> JobOut:
     )
 
 
-def score_out(scored: ScoredSample) -> ScoreOut:
+def is_confident(score_lo: float | None, threshold: float | None) -> bool:
+    return score_lo is not None and threshold is not None and score_lo > threshold
+
+
+def score_out(scored: ScoredSample, threshold: float | None = None) -> ScoreOut:
+    """``threshold``: confidence_threshold of the row's job."""
     row = scored.row
     sample_url = f"{job_url(row.job_id)}/samples/{row.sample_id}"
     return ScoreOut(
         job_id=row.job_id, sample_id=row.sample_id, key=scored.key, label=scored.label, rank=row.rank,
         score=row.score, log_p_in=row.log_p_in,
-        log_p_out=row.log_p_out, n_in=row.n_in, n_out=row.n_out, rho=row.rho, copy_count=row.copy_count,
+        log_p_out=row.log_p_out, n_in=row.n_in, n_out=row.n_out,
+        score_se=row.score_se, score_lo=row.score_lo, score_hi=row.score_hi,
+        confident=is_confident(row.score_lo, threshold),
+        rho=row.rho, within_tau_count=row.within_tau_count, nearest_copy_count=row.nearest_copy_count,
         image_url=f"{sample_url}/image.png", url=sample_url,
     )

@@ -36,6 +36,8 @@ class DatasetList(BaseModel):
 class Progress(BaseModel):
     units_done: int
     units_total: int
+    units_skipped: int = Field(default=0, description="units the adaptive stop (audit.stop_when_stable) "
+                               "made unnecessary; the job is complete when done + skipped = total")
     epoch: int | None = None
     epochs: int | None = None
     unit: int | None = None
@@ -82,8 +84,19 @@ class ScoreOut(BaseModel):
     log_p_out: float | None = Field(description="V: log-mean-exp over out-models")
     n_in: int | None
     n_out: int | None
+    score_se: float | None = Field(
+        default=None, description="bootstrap standard error of M over the L repetitions (SPEC §7); null "
+        "when L = 1, in provisional scores and for GAN jobs")
+    score_lo: float | None = Field(default=None, description="5% percentile of the bootstrap M (90% CI)")
+    score_hi: float | None = Field(default=None, description="95% percentile of the bootstrap M")
+    confident: bool = Field(
+        default=False, description="confidently memorized: score_lo above the job's 0.95 quantile of M "
+        "(summary.highly_memorized_threshold); false without an interval")
     rho: float | None = None
-    copy_count: float | None = None
+    within_tau_count: float | None = Field(default=None, description="GAN jobs: SPEC §5 count_tau(i), "
+                                           "generated samples within tau of this training sample")
+    nearest_copy_count: float | None = Field(default=None, description="GAN jobs: generated samples whose "
+                                             "nearest training sample this is, within the copy threshold")
     image_url: str
     url: str
 
@@ -102,9 +115,18 @@ class ScorePage(BaseModel):
     next_cursor: str | None
 
 
+class TauCountOut(BaseModel):
+    tau_index: int
+    tau: float
+    within_tau_count: int
+    nearest_copy_count: int | None
+
+
 class SampleOut(ScoreOut):
     provisional: bool
     highly_memorized: bool | None = Field(description="score above the job's 0.95 quantile of M")
+    tau_counts: list[TauCountOut] | None = Field(default=None, description="GAN jobs: the sample's non-zero "
+                                                 "counts at every tau of the sweep (a tau not listed: zero)")
 
 
 class Health(BaseModel):

@@ -117,21 +117,9 @@ def _per_class(result: AuditResult, train: ImageSet) -> dict[str, Any]:
 
 
 def _uncertainty_summary(result: AuditResult) -> dict[str, Any]:
-    """SPEC §7: bootstrap settings, confidently memorized samples, ranking stability, repetitions used."""
-    uncertainty = result.uncertainty
-    requested = int(result.folds_of.shape[0])
-    return {
-        "confidently_memorized": uncertainty.n_confident,  # score_lo above the 0.95 quantile; null if L = 1
-        "bootstrap": {"resamples": uncertainty.resamples, "interval_percentiles": [5, 95]},
-        "stability": [
-            {"repetition": rep, "overlap": overlap}
-            for rep, overlap in enumerate(uncertainty.stability, start=2)
-        ],
-        "stability_top_k": uncertainty.top_k,
-        "repeats_used": uncertainty.repeats,
-        "repeats_requested": requested,
-        "stopped_early": uncertainty.repeats < requested,
-    }
+    """SPEC §7: bootstrap settings, confidently memorized samples, ranking stability, repetitions used
+    (models.uncertainty.Uncertainty.summary; the service's job summary has the same keys)."""
+    return result.uncertainty.summary(int(result.folds_of.shape[0]))
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:

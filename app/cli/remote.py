@@ -179,6 +179,8 @@ def describe(job: dict[str, Any]) -> str:
     parts = [f"{job['id']}  {job['state']}"]
     if progress.get("units_total"):
         parts.append(f"units {progress.get('units_done', 0)}/{progress['units_total']}")
+    if progress.get("units_skipped"):
+        parts.append(f"{progress['units_skipped']} skipped (stable ranking)")
     if progress.get("epoch") is not None and progress.get("epochs"):
         parts.append(f"epoch {progress['epoch']}/{progress['epochs']}")
     fraction = _fraction(job)
@@ -262,11 +264,26 @@ def _scores(client: MemauditClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    columns = ("rank", "sample_id", "score", "log_p_in", "log_p_out", "key", "label")
+    columns = score_columns(rows)
     print("\t".join(columns))
     for row in rows:
-        print("\t".join(_number(row.get(column)) for column in columns))
+        print("\t".join(_flag(row.get(column)) if column == "confident" else _number(row.get(column))
+                        for column in columns))  # fmt: skip
     return EXIT_OK
+
+
+def score_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The printed columns: M with its 90% interval and the confident mark (SPEC §7) for audits; the
+    SPEC §5 within-tau count first, then the nearest-credit count, for GAN jobs."""
+    if any(row.get("within_tau_count") is not None or row.get("nearest_copy_count") is not None
+           for row in rows):  # fmt: skip
+        return ("rank", "sample_id", "within_tau_count", "nearest_copy_count", "rho", "key", "label")
+    return ("rank", "sample_id", "score", "score_lo", "score_hi", "confident", "log_p_in", "log_p_out",
+            "key", "label")
+
+
+def _flag(value: Any) -> str:
+    return "*" if value else "-"
 
 
 def _export(client: MemauditClient, args: argparse.Namespace) -> int:

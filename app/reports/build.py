@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db import Job, SampleScore
@@ -31,6 +31,7 @@ from app.reports.model import (
     SampleEntry,
     TauRow,
 )
+from app.reports.uncertainty import uncertainty_view
 from app.services.datasets import load_dataset_spec
 from app.services.errors import ServiceError
 from app.services.job_samples import job_labels
@@ -164,15 +165,19 @@ def _gan_section(session: Session, settings: Settings, job: Job, top: int) -> Ga
     arrays = _gan_arrays(settings, job.id, reference)
     units = summary.get("units") or [summary]
     threshold = _number(units[min(reference, len(units) - 1)].get("copy_threshold")) if units else None
-    query = (select(SampleScore.sample_id, SampleScore.copy_count)
-             .where(SampleScore.job_id == job.id, SampleScore.copy_count > 0)
-             .order_by(SampleScore.copy_count.desc(), SampleScore.sample_id).limit(top))
-    counts = [(int(sample_id), float(count or 0.0)) for sample_id, count in session.execute(query)]
-    train = _train_images(session, settings, job, [sample_id for sample_id, _ in counts])
+    # SPEC §5's within-tau count first (rows from before revision 0007 have only the nearest-credit one)
+    count = func.coalesce(SampleScore.within_tau_count, SampleScore.nearest_copy_count)
+    query = (select(SampleScore.sample_id, count, SampleScore.nearest_copy_count)
+             .where(SampleScore.job_id == job.id, count > 0)
+             .order_by(count.desc(), SampleScore.sample_id).limit(top))
+    counts = [(int(sample_id), float(within or 0.0), None if nearest is None else float(nearest))
+              for sample_id, within, nearest in session.execute(query)]
+    train = _train_images(session, settings, job, [sample_id for sample_id, _, _ in counts])
     copied = []
-    for sample_id, count in counts:
+    for sample_id, within, nearest in counts:
         copies, distances = _copies_of(sample_id, arrays, threshold)
-        copied.append(CopiedSample(sample_id=sample_id, copy_count=count, image=train.get(sample_id),
+        copied.append(CopiedSample(sample_id=sample_id, copy_count=within, nearest_copy_count=nearest,
+                                   image=train.get(sample_id),
                                    copies=copies, copy_distances=distances))
     if not sweep and not copied:
         return None
@@ -207,6 +212,7 @@ def _vae_parts(session: Session, settings: Settings, job: Job, top: int) -> dict
         "epochs": epochs,
         "losses": losses,
         **_classes(session, job, score),
+        "uncertainty": uncertainty_view(session, job, top),
     }
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # app.reports.evidence renders with app.reports.images, which imports this module
     from app.reports.evidence import EvidencePanel
+    from app.reports.uncertainty import UncertaintyView
 
 Image = np.ndarray
 
@@ -97,10 +98,11 @@ class CopiedSample:
     """A training image the GAN reproduces: how many generated samples fall within tau, and some of them."""
 
     sample_id: int
-    copy_count: float
+    copy_count: float  # SPEC §5 within-tau count (the nearest-credit count for jobs from before it was kept)
     image: Image | None
     copies: Sequence[Image] = ()
     copy_distances: Sequence[float] = ()
+    nearest_copy_count: float | None = None  # generated samples whose nearest training sample this is
 
 
 @dataclass(frozen=True)
@@ -130,3 +132,4 @@ class ReportData:
     classes: Sequence[ClassRow] = ()  # per label, when the training set has labels
     class_threshold: float | None = None
     evidence: EvidencePanel | None = None  # nearest-neighbour evidence of the top flagged samples
+    uncertainty: UncertaintyView | None = None  # SPEC §7 section (app.reports.uncertainty)

@@ -25,6 +25,7 @@ from app.reports.model import (
     ReportData,
     SampleEntry,
 )
+from app.reports.uncertainty import render_uncertainty
 
 HIGH_QUANTILE = 0.95  # SPEC §1.5: "highly memorized" = above the 0.95 quantile of M
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -56,6 +57,7 @@ def render_report(data: ReportData) -> str:
         _classes_section(data),
         _top_section(data.top),
         render_evidence(data.evidence),
+        render_uncertainty(data.uncertainty),
         _rho_section(data),
         _epochs_section(data),
         _gan_section(data.gan),
@@ -205,7 +207,13 @@ def _copied_card(sample: CopiedSample) -> str:
     for number, (copy, distance) in enumerate(zip(sample.copies, distances, strict=True)):
         figures += _figure(copy, f"copy {number + 1}, d={_fmt(distance)}")
     return (f'<div class="card"><div class="row">{figures}</div>'
-            f"<div>{_fmt(sample.copy_count)} generated samples within τ</div></div>")
+            f"<div>{_fmt(sample.copy_count)} generated samples within τ{_nearest_note(sample)}</div></div>")
+
+
+def _nearest_note(sample: CopiedSample) -> str:
+    if sample.nearest_copy_count is None:
+        return ""
+    return f" · {_fmt(sample.nearest_copy_count)} with it as nearest (copy threshold)"
 
 
 def _gan_section(gan: GanSection | None) -> str:

@@ -11,30 +11,54 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, case, literal, select
 
 from app.db import Job, SampleScore, get_sessionmaker
 from app.services.job_samples import sample_text
 
+
+def confidence_threshold(job: Job) -> float | None:
+    """The job's 0.95 quantile of M (summary.highly_memorized_threshold); None before it succeeded."""
+    value = (job.summary or {}).get("highly_memorized_threshold")
+    return float(value) if isinstance(value, int | float) else None
+
+
 BATCH_ROWS = 20_000  # rows per DB fetch, CSV chunk and Parquet row group
-COLUMNS = ("sample_id", "key", "label", "rank", "score", "log_p_in", "log_p_out", "n_in", "n_out", "rho",
-           "copy_count")  # fmt: skip
+COLUMNS = ("sample_id", "key", "label", "rank", "score", "log_p_in", "log_p_out", "n_in", "n_out",
+           "score_se", "score_lo", "score_hi", "confident", "rho", "within_tau_count",
+           "nearest_copy_count")  # fmt: skip
 _INTEGER_COLUMNS = frozenset({"sample_id", "rank", "n_in", "n_out"})
+_BOOLEAN_COLUMNS = frozenset({"confident"})  # score_lo above the job's 0.95 quantile of M (SPEC §7)
 _TEXT_COLUMNS = frozenset({"key", "label"})  # job_samples: the user's id and class, null when none
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 
 Row = Sequence[Any]
 
 
-def export_query(job_id: str) -> Any:
-    """Every row of a job in ``COLUMNS`` order, by sample id."""
-    columns = [sample_text(name) if name in _TEXT_COLUMNS else getattr(SampleScore, name) for name in COLUMNS]
+def _confident(threshold: float | None) -> Any:
+    if threshold is None:
+        return literal(False)
+    above = and_(SampleScore.score_lo.is_not(None), SampleScore.score_lo > threshold)
+    return case((above, True), else_=False)
+
+
+def _column(name: str, threshold: float | None) -> Any:
+    if name == "confident":
+        return _confident(threshold).label(name)
+    return sample_text(name) if name in _TEXT_COLUMNS else getattr(SampleScore, name)
+
+
+def export_query(job_id: str, threshold: float | None = None) -> Any:
+    """Every row of a job in ``COLUMNS`` order, by sample id. ``threshold``: the job's 0.95 quantile of
+    M, which ``confident`` compares score_lo with (confidence_threshold)."""
+    columns = [_column(name, threshold) for name in COLUMNS]
     return select(*columns).where(SampleScore.job_id == job_id).order_by(SampleScore.sample_id)
 
 
-def score_batches(job_id: str, batch_rows: int = BATCH_ROWS) -> Iterator[Sequence[Row]]:
+def score_batches(job_id: str, batch_rows: int = BATCH_ROWS,
+                  threshold: float | None = None) -> Iterator[Sequence[Row]]:  # fmt: skip
     """(sample_id order) batches of rows; on PostgreSQL a server-side cursor, never the whole table."""
-    query = export_query(job_id).execution_options(yield_per=batch_rows)
+    query = export_query(job_id, threshold).execution_options(yield_per=batch_rows)
     with get_sessionmaker()() as session:
         result = session.execute(query)
         yield from result.partitions()
@@ -49,10 +73,11 @@ def csv_bytes(batch: Sequence[Row], schema: Any) -> bytes:
     return buffer.getvalue()
 
 
-def csv_stream(job_id: str, batch_rows: int = BATCH_ROWS) -> Iterator[bytes]:
+def csv_stream(job_id: str, batch_rows: int = BATCH_ROWS,
+               threshold: float | None = None) -> Iterator[bytes]:  # fmt: skip
     schema = parquet_schema()
     yield (",".join(COLUMNS) + "\n").encode("ascii")
-    for batch in score_batches(job_id, batch_rows):
+    for batch in score_batches(job_id, batch_rows, threshold):
         yield csv_bytes(batch, schema)
 
 
@@ -95,9 +120,11 @@ def parquet_schema(job: Job | None = None) -> Any:
     def kind(name: str) -> Any:
         if name in _INTEGER_COLUMNS:
             return pa.int64()
+        if name in _BOOLEAN_COLUMNS:
+            return pa.bool_()
         return pa.string() if name in _TEXT_COLUMNS else pa.float64()
 
-    fields = [pa.field(name, kind(name), nullable=name != "sample_id") for name in COLUMNS]
+    fields = [pa.field(name, kind(name), nullable=name not in {"sample_id", "confident"}) for name in COLUMNS]
     metadata = {}
     if job is not None:  # the file says which audit it came from
         metadata = {"memaudit.job_id": job.id, "memaudit.kind": job.kind,
@@ -126,7 +153,7 @@ def parquet_stream(job: Job, batch_rows: int = BATCH_ROWS) -> Iterator[bytes]:
     sink = _ChunkSink()
     writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd")
     try:
-        for batch in score_batches(job.id, batch_rows):
+        for batch in score_batches(job.id, batch_rows, confidence_threshold(job)):
             writer.write_batch(_record_batch(batch, schema), row_group_size=len(batch))
             chunk = sink.take()
             if chunk:

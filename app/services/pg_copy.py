@@ -16,7 +16,7 @@ import numpy as np
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
-FLOAT_COLUMNS = ("score", "log_p_in", "log_p_out")
+FLOAT_COLUMNS = ("score", "log_p_in", "log_p_out", "score_se", "score_lo", "score_hi")
 INT_COLUMNS = ("n_in", "n_out", "rank")
 CHUNK_ROWS = 100_000
 
@@ -50,8 +50,8 @@ def _records(job: bytes, columns: dict[str, np.ndarray], rows: np.ndarray, nulls
 def binary_copy_chunks(job_id: str, columns: dict[str, np.ndarray]) -> Iterator[bytes]:
     """The COPY stream for ``columns`` (every array (N,), sample id = position)."""
     job = job_id.encode("utf-8")
-    finite = np.stack([np.isfinite(columns[name]) for name in FLOAT_COLUMNS], axis=1)  # (N, 3)
-    pattern = (~finite).astype(np.int64) @ np.array([1, 2, 4])  # (N,) which floats are NULL
+    finite = np.stack([np.isfinite(columns[name]) for name in FLOAT_COLUMNS], axis=1)  # (N, F)
+    pattern = (~finite).astype(np.int64) @ (1 << np.arange(len(FLOAT_COLUMNS)))  # (N,) which floats are NULL
     yield HEADER
     for code in np.unique(pattern).tolist():
         nulls = tuple(bool(code >> bit & 1) for bit in range(len(FLOAT_COLUMNS)))

@@ -20,8 +20,9 @@ from app.faults import fault_point
 from app.lifecycle import JOB_ACTIVE, guarded_update
 from app.services.pg_copy import binary_copy_chunks
 
-COLUMNS = ("job_id", "sample_id", "score", "log_p_in", "log_p_out", "n_in", "n_out", "rank")
-INSERT_COLUMNS = (*COLUMNS, "rho", "copy_count")
+COLUMNS = ("job_id", "sample_id", "score", "log_p_in", "log_p_out", "score_se", "score_lo", "score_hi",
+           "n_in", "n_out", "rank")  # fmt: skip
+INSERT_COLUMNS = (*COLUMNS, "rho", "nearest_copy_count", "within_tau_count")
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,23 @@ class ScoreArrays:
     n_in: np.ndarray  # (N,) int
     n_out: np.ndarray  # (N,) int
     rho: np.ndarray | None = None  # (N,) GAN copy tests: NN ratio
-    copy_count: np.ndarray | None = None  # (N,) GAN jobs: generated samples copying sample i
+    nearest_copy_count: np.ndarray | None = None  # (N,) GAN jobs: generated samples whose nearest is i
+    within_tau_count: np.ndarray | None = None  # (N,) GAN jobs: SPEC §5 generated samples within tau of i
+    score_se: np.ndarray | None = None  # (N,) SPEC §7 bootstrap standard error of M (final sets, L >= 2)
+    score_lo: np.ndarray | None = None  # (N,) 5% percentile of the bootstrap M
+    score_hi: np.ndarray | None = None  # (N,) 95% percentile of the bootstrap M
 
     @property
     def has_gan_columns(self) -> bool:
-        return self.rho is not None or self.copy_count is not None
+        return any(v is not None for v in (self.rho, self.nearest_copy_count, self.within_tau_count))
+
+    def interval(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """score_se, score_lo, score_hi; NaN (stored NULL) where the set has none."""
+        missing = np.full(len(self.score), np.nan)
+        return tuple(  # type: ignore[return-value]
+            missing if v is None else np.asarray(v, np.float64)
+            for v in (self.score_se, self.score_lo, self.score_hi)
+        )
 
 
 def ranks(score: np.ndarray) -> np.ndarray:
@@ -57,16 +70,20 @@ def _rows(job_id: str, arrays: ScoreArrays) -> list[tuple[object, ...]]:
     count = len(arrays.score)
     missing = [None] * count
     rho = missing if arrays.rho is None else _nullable(arrays.rho)
-    copy_count = missing if arrays.copy_count is None else _nullable(arrays.copy_count)
+    nearest = missing if arrays.nearest_copy_count is None else _nullable(arrays.nearest_copy_count)
+    within = missing if arrays.within_tau_count is None else _nullable(arrays.within_tau_count)
+    se, lo, hi = (_nullable(values) for values in arrays.interval())
     return list(zip(
         [job_id] * count, range(count), _nullable(arrays.score), _nullable(arrays.log_p_in),
-        _nullable(arrays.log_p_out), arrays.n_in.astype(int).tolist(), arrays.n_out.astype(int).tolist(),
-        ranks(arrays.score).tolist(), rho, copy_count, strict=True,
+        _nullable(arrays.log_p_out), se, lo, hi, arrays.n_in.astype(int).tolist(),
+        arrays.n_out.astype(int).tolist(), ranks(arrays.score).tolist(), rho, nearest, within, strict=True,
     ))
 
 
 def _copy_binary(session: Session, job_id: str, arrays: ScoreArrays) -> None:
+    se, lo, hi = arrays.interval()
     columns = {"score": arrays.score, "log_p_in": arrays.log_p_in, "log_p_out": arrays.log_p_out,
+               "score_se": se, "score_lo": lo, "score_hi": hi,
                "n_in": arrays.n_in, "n_out": arrays.n_out, "rank": ranks(arrays.score)}
     driver = session.connection().connection.driver_connection
     statement = f"COPY sample_scores ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"

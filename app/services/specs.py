@@ -58,6 +58,15 @@ SCHEMA_RULES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# Descriptions of generated fields, published in /openapi.json next to SCHEMA_RULES' ranges.
+FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "AuditSpec": {
+        "stop_when_stable": "SPEC §7 adaptive stop (off when null): once the top-k overlap of the ranking "
+        "from repetitions 1..l with that from 1..l-1 reaches this value for two repetitions in a row, the "
+        "remaining units are skipped and the scores use repetitions 1..l (summary.repeats_used)",
+    },
+}
+
 # Decided by the worker that runs the job, not by the caller.
 _SERVER_SIDE_FIELDS = {"device"}
 

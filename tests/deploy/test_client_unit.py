@@ -104,3 +104,16 @@ def test_the_client_job_states_are_the_servers() -> None:
     assert {str(state) for state in TERMINAL_STATES} == {str(state) for state in lifecycle.JOB_TERMINAL}
     assert {str(state) for state in ACTIVE_STATES} == {str(state) for state in lifecycle.JOB_ACTIVE}
     assert "succeeded" in TERMINAL_STATES and str(JobState.SUCCEEDED) == "succeeded"
+
+
+def test_confident_scores_follows_every_page_and_keeps_the_confident_rows() -> None:
+    pages = {None: ([{"sample_id": 4, "confident": True}, {"sample_id": 2, "confident": False}], "c1"),
+             "c1": ([{"sample_id": 7, "confident": False}, {"sample_id": 1, "confident": True}], None)}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/jobs/j/scores" and request.url.params["sort"] == "score_desc"
+        items, cursor = pages[request.url.params.get("cursor")]
+        return httpx.Response(200, json={"items": items, "next_cursor": cursor})
+
+    with _client(httpx.MockTransport(handler)) as client:
+        assert [row["sample_id"] for row in client.confident_scores("j", page_size=2)] == [4, 1]

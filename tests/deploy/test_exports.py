@@ -98,10 +98,14 @@ def test_csv_floats_round_trip_exactly_and_non_finite_is_empty() -> None:
     from app.services.exports import csv_bytes, parquet_schema
 
     values = [0.1, 1 / 3, -2.5e-300, 123456789.123456789, 5e-324, -0.0]
-    rows = [(i, None, None, i + 1, v, v, None, 2, 1, math.nan, None) for i, v in enumerate(values)]
+    rows = [(i, None, None, i + 1, v, v, None, 2, 1, math.nan, v, None, i % 2 == 0, math.nan, None, None)
+            for i, v in enumerate(values)]  # fmt: skip
     lines = csv_bytes(rows, parquet_schema()).decode().splitlines()
     parsed = list(csv.reader(lines))
     assert [float(row[4]) for row in parsed] == values
+    assert [float(row[10]) for row in parsed] == values  # score_lo
     assert all(row[1] == "" and row[2] == "" for row in parsed)  # no key, no label: empty
-    assert all(row[6] == "" and row[9] == "" and row[10] == "" for row in parsed)
+    assert all(row[6] == "" and row[9] == "" and row[11] == "" and row[13] == "" and row[14] == "" == row[15]
+               for row in parsed)  # fmt: skip
+    assert [row[12] for row in parsed] == ["true", "false"] * 3  # confident: a boolean, never empty
     assert [int(row[0]) for row in parsed] == list(range(len(values)))

@@ -101,6 +101,9 @@ def test_status_and_scores(live_server: LiveServer, finished_job: dict[str, Any]
     assert ranks == [1, 2, 3, 4, 5]
     scores = [float(line.split("\t")[2]) for line in lines[1:]]
     assert scores == sorted(scores, reverse=True)
+    header = lines[0].split("\t")
+    assert header[3:6] == ["score_lo", "score_hi", "confident"]  # SPEC §7: L = 1 here, so none
+    assert all(line.split("\t")[3:6] == ["-", "-", "-"] for line in lines[1:])
 
 
 def test_exports_match_paged_scores(live_server: LiveServer, finished_job: dict[str, Any], tmp_path: Path,
@@ -115,11 +118,15 @@ def test_exports_match_paged_scores(live_server: LiveServer, finished_job: dict[
     with (tmp_path / "s.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {int(r["sample_id"]): float(r["score"]) for r in rows} == paged
+    # L = 1: no interval (empty), never confident
+    assert all(r["score_se"] == r["score_lo"] == r["score_hi"] == "" for r in rows)
+    assert {r["confident"] for r in rows} == {"false"}
     code, _, _ = _cli(live_server, capsys, "export", finished_job["id"], "--format", "parquet",
                       "--out", str(tmp_path / "s.parquet"))
     table = pq.read_table(tmp_path / "s.parquet")
     assert code == 0 and dict(zip(table.column("sample_id").to_pylist(), table.column("score").to_pylist(),
                                   strict=True)) == paged
+    assert table.column("score_se").null_count == N_TRAIN and not any(table.column("confident").to_pylist())
 
 
 def test_report_of_a_real_job_renders_in_chromium(live_server: LiveServer, finished_job: dict[str, Any],
@@ -154,6 +161,8 @@ def test_export_mlflow_logs_params_metrics_and_artifacts(
     assert run.data.metrics["M_q0.95"] == pytest.approx(quantiles["0.95"])
     history = MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "epoch_M_q0.95")
     assert sorted(m.step for m in history) == [1, 2]
+    assert run.data.metrics["repeats_used"] == 1  # SPEC §7; confidently_memorized is undefined at L = 1
+    assert "confidently_memorized" not in run.data.metrics and "stability" not in run.data.metrics
     artifacts = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run.info.run_id)}
     assert artifacts == {"report.html", "scores.parquet", "provenance.json"}
     provenance = finished_job["summary"]["provenance"]

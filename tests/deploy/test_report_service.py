@@ -34,6 +34,30 @@ def test_vae_report_from_the_database(embedded_app: EmbeddedApp) -> None:
     assert foreign.status_code == 404
 
 
+def test_vae_report_shows_intervals_confident_samples_and_stability(embedded_app: EmbeddedApp) -> None:
+    stability = [{"repetition": 2, "overlap": 0.5}, {"repetition": 3, "overlap": 0.8}]
+    summary = {**SUMMARY, "highly_memorized_threshold": 2.0, "confidently_memorized": 7, "repeats_used": 3,
+               "repeats_requested": 5, "stability": stability, "stability_top_k": 10}
+    job_id = embedded_app.seed_job(300, summary=summary)
+    with session_scope() as session:
+        session.execute(update(SampleScore).where(SampleScore.job_id == job_id).values(
+            score_lo=SampleScore.score - 0.5, score_hi=SampleScore.score + 0.5, score_se=0.3))
+    top = embedded_app.client.get("/scores", params={"job_id": job_id, "top": 24}).json()["items"]
+    confident = [item["sample_id"] for item in top if item["confident"]]
+    assert 0 < len(confident) < 24
+    assert all((item["score_lo"] > 2.0) == item["confident"] for item in top)
+    html = embedded_app.client.get(f"/jobs/{job_id}/report").text
+    section = html[html.index('<section id="uncertainty">'):]
+    section = section[:section.index("</section>")]
+    assert "the adaptive stop kept 3 of 5" in section
+    assert "<b>7</b> samples are confidently memorized" in section
+    assert section.count("<tr") == 1 + 24 and section.count("✓ confidently memorized") == len(confident)
+    for item in top:
+        opening = '<tr class="confident">' if item["confident"] else "<tr>"
+        assert f'{opening}<td class="num">{item["rank"]}</td><td>#{item["sample_id"]}</td>' in section
+    assert "Ranking stability" in section and "<polyline" in section
+
+
 def _seed_mrgan(app: EmbeddedApp) -> str:
     units = [
         {"tau": 0.1, "rejection_rate": 0.3, "c_t": -0.5, "frechet_distance": 14.0, "copy_threshold": 0.05},
@@ -47,7 +71,7 @@ def _seed_mrgan(app: EmbeddedApp) -> str:
         for sample_id, count in counts.items():
             session.execute(update(SampleScore).where(SampleScore.job_id == job_id,
                                                       SampleScore.sample_id == sample_id)
-                            .values(copy_count=count))
+                            .values(within_tau_count=count, nearest_copy_count=count - 1))
     # The scoring unit's artifact: 8 generated images, the first three copy training sample 7.
     folder = get_settings().resolved_artifacts_dir / job_id
     folder.mkdir(parents=True)
@@ -68,5 +92,6 @@ def test_mrgan_report_shows_the_tau_sweep_and_copies(embedded_app: EmbeddedApp) 
     assert "C_T versus tau" in html and "Most-copied training images" in html
     cards = html.split('<div class="card">')[1:]
     assert len(cards) == 3 and "train #7" in cards[0] and "5 generated samples within τ" in cards[0]
+    assert "4 with it as nearest" in cards[0]  # the nearest-credit count, second
     assert cards[0].count("<img ") == 1 + 3 and "copy 1, d=0.01" in cards[0]  # closest copy first
     assert cards[1].count("<img ") == 1 + 1  # sample 3: one copy within the threshold (0.04), not 0.2

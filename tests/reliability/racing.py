@@ -39,12 +39,15 @@ class Hold:
 
 
 @contextmanager
-def hold_before_statement(engine: Engine, thread_name: str, starts_with: str) -> Iterator[Hold]:
-    """Hold ``thread_name`` just before it executes its first statement starting with ``starts_with``."""
+def hold_before_statement(
+    engine: Engine, thread_name: str, starts_with: str, containing: str = ""
+) -> Iterator[Hold]:
+    """Hold ``thread_name`` just before it executes its first statement starting with ``starts_with``
+    (and containing ``containing``, when given)."""
     hold = Hold(thread_name)
 
     def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().startswith(starts_with):
+        if statement.lstrip().startswith(starts_with) and containing in statement:
             hold.wait_here()
 
     event.listen(engine, "before_cursor_execute", before)

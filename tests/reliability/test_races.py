@@ -46,8 +46,9 @@ class Lab:
     artifacts: Path
     dataset: dict[str, str]
 
-    def new_job(self, *, planned: bool = True) -> str:
-        response = self.client.post("/jobs", json=tiny_job(self.dataset, epochs=2, models_per_unit=3))
+    def new_job(self, *, planned: bool = True, **audit: Any) -> str:
+        audit = {"models_per_unit": 3, **audit}
+        response = self.client.post("/jobs", json=tiny_job(self.dataset, epochs=2, **audit))
         assert response.status_code == 202, response.text
         job_id = str(response.json()["id"])
         if planned:
@@ -300,3 +301,144 @@ def test_two_reconcilers_at_once_send_each_task_once(reconciler_lab: Lab) -> Non
     assert sorted(sent_by_a + sent_by_b) == [0, UNITS]
     if lab.engine.dialect.name == "postgresql":  # SQLite has no row locks to skip: B waits there
         assert not b_waited, "reconciler B waited on reconciler A's claims instead of skipping them"
+
+
+# --- the adaptive stop (audit.stop_when_stable): K = 2, L = 5, one unit per repetition; the rule (any
+# overlap, twice in a row) fires once three repetitions are whole ---------------------------------------
+STOPPING = {"folds": 2, "repeats": 5, "models_per_unit": 2, "stop_when_stable": 1e-9}
+
+
+def _unit_states(lab: Lab, job_id: str) -> list[str]:
+    with lab.engine.connect() as connection:
+        query = text("SELECT state FROM units WHERE job_id = :id ORDER BY index")
+        return [str(state) for state in connection.execute(query, {"id": job_id}).scalars()]
+
+
+def _finish_sends(lab: Lab, job_id: str) -> int:
+    from app.tasks import FINISH_JOB
+
+    return sum(1 for task in sent_tasks(lab.broker_url) if task == (FINISH_JOB, (job_id,)))
+
+
+def _finishes_on_three_repetitions(lab: Lab, job_id: str) -> None:
+    from workers import runner
+
+    runner.finish_job(job_id)
+    row = lab.row(job_id)
+    assert row["state"] == JobState.SUCCEEDED, row
+    assert row["summary"]["repeats_used"] == 3 and row["summary"]["n_models"] == 6
+
+
+def test_a_unit_finishing_while_the_stop_skips_it_writes_nothing(lab: Lab) -> None:
+    """Unit 3 (repetition 4) finished training and is about to record itself done when unit 2's run
+    decides to stop and skips units 3 and 4: the skip holds their rows, so unit 3's completion waits and
+    then finds its claim gone. The job counts 3 done + 2 skipped and its finishing step is sent once."""
+    from workers import runner
+
+    job_id = lab.new_job(**STOPPING)
+    lab.run_units(job_id, 0, 1)
+    purge(lab.broker_url)
+    # (both holds are registered before any thread runs: listeners must not change under a held thread)
+    with (
+        hold_before_statement(lab.engine, "late-unit", "UPDATE units", containing="artifact_path") as late,
+        hold_before_statement(lab.engine, "stopper", "UPDATE jobs SET units_skipped") as stop,
+    ):
+        late_thread, late_outcome = in_thread("late-unit", lambda: runner.run_unit(job_id, 3))
+        assert late.reached.wait(120)  # trained, artifact written, nothing locked yet
+        stop_thread, stop_outcome = in_thread("stopper", lambda: runner.run_unit(job_id, 2))
+        assert stop.reached.wait(120)  # units 3 and 4 are skipped (rows locked), not yet committed
+        late.release.set()
+        late_thread.join(2)
+        assert late_thread.is_alive(), "unit 3's completion did not wait for the skip's row lock"
+        stop.release.set()
+        stop_thread.join(120)
+        late_thread.join(120)
+    assert late_outcome == [None] and stop_outcome == [None]
+    assert _unit_states(lab, job_id) == ["done", "done", "done", "skipped", "skipped"]
+    assert lab.unit(job_id, 3)["artifact_path"] is None, "the skipped unit recorded its artifact"
+    row = lab.row(job_id)
+    assert (row["units_done"], row["units_total"]) == (3, 5)
+    assert _finish_sends(lab, job_id) == 1
+    _finishes_on_three_repetitions(lab, job_id)
+
+
+def test_a_unit_completing_before_the_stop_reaches_its_row_stays_done(lab: Lab) -> None:
+    """The other order: unit 3 has marked itself done (its row locked, not committed) when the stop
+    tries to skip it; the skip waits, then skips unit 4 only. The finishing step combines the first
+    three repetitions (the rule's stop point), not the fourth that also finished."""
+    from workers import runner
+
+    job_id = lab.new_job(**STOPPING)
+    lab.run_units(job_id, 0, 1)
+    purge(lab.broker_url)
+    with (
+        hold_before_statement(lab.engine, "late-unit", "UPDATE jobs SET units_done") as late,
+        hold_before_statement(lab.engine, "stopper", "UPDATE jobs SET units_skipped") as stop,
+    ):
+        late_thread, late_outcome = in_thread("late-unit", lambda: runner.run_unit(job_id, 3))
+        assert late.reached.wait(120)  # unit 3 is done in its open transaction
+        stop_thread, stop_outcome = in_thread("stopper", lambda: runner.run_unit(job_id, 2))
+        stop_thread.join(15)
+        assert not stop.reached.is_set(), "the skip went past a unit row another run had locked"
+        late.release.set()
+        assert stop.reached.wait(120)
+        stop.release.set()
+        stop_thread.join(120)
+        late_thread.join(120)
+    assert late_outcome == [None] and stop_outcome == [None]
+    assert _unit_states(lab, job_id) == ["done", "done", "done", "done", "skipped"]
+    assert lab.row(job_id)["units_done"] == 4
+    assert _finish_sends(lab, job_id) == 1
+    _finishes_on_three_repetitions(lab, job_id)
+
+
+def test_two_units_completing_repetitions_at_once_both_stopping_finish_once(lab: Lab) -> None:
+    """Units 1 and 2 finish together after units 0 and 3: both then see four whole repetitions, both
+    decide to stop and both try to skip unit 4. One skips it; the other changes nothing and sends
+    nothing: the finishing step is sent once."""
+    from workers import runner
+
+    job_id = lab.new_job(**STOPPING)
+    lab.run_units(job_id, 3, 0)
+    purge(lab.broker_url)
+    # both completions are committed before either looks at the repetitions (their provisional
+    # score writes meet here), and both reach the stop's transaction together
+    with (
+        barrier_before_statement(lab.engine, "stopper-", "UPDATE jobs SET updated_at", parties=2),
+        barrier_before_statement(lab.engine, "stopper-", "SELECT jobs.state \nFROM jobs", parties=2),
+    ):
+        threads = [in_thread(f"stopper-{n}", lambda n=n: runner.run_unit(job_id, n)) for n in (1, 2)]
+        for thread, _ in threads:
+            thread.join(240)
+    assert [outcome for _, outcome in threads] == [[None], [None]]
+    assert _unit_states(lab, job_id) == ["done", "done", "done", "done", "skipped"]
+    row = lab.row(job_id)
+    assert row["units_done"] == 4
+    with lab.engine.connect() as connection:
+        skipped = connection.execute(text("SELECT units_skipped FROM jobs WHERE id = :id"), {"id": job_id})
+        assert skipped.scalar() == 1, "two stops both counted the skipped unit"
+    assert _finish_sends(lab, job_id) == 1, "both stops sent the finishing step"
+    _finishes_on_three_repetitions(lab, job_id)
+
+
+def test_a_running_unit_the_stop_skipped_stops_at_its_next_epoch_check_and_writes_nothing(lab: Lab) -> None:
+    """Unit 3 is training (held at its first progress write) when unit 2's run stops the job: the skip
+    takes its claim, so its progress write is refused, it stops with nothing written (no epoch, no
+    artifact, no count) and the job finishes on three repetitions."""
+    from workers import runner
+
+    job_id = lab.new_job(**STOPPING)
+    lab.run_units(job_id, 0, 1)
+    with hold_before_statement(lab.engine, "trainer", "UPDATE units SET epoch") as hold:
+        thread, outcome = in_thread("trainer", lambda: runner.run_unit(job_id, 3))
+        assert hold.reached.wait(120)  # unit 3 finished an epoch and is about to record it...
+        runner.run_unit(job_id, 2)  # ...when unit 2 completes the third repetition and the rule fires
+        assert _unit_states(lab, job_id) == ["done", "done", "done", "skipped", "skipped"]
+        skipped = lab.unit(job_id, 3)
+        hold.release.set()
+        thread.join(180)
+    assert outcome == [None]
+    assert lab.unit(job_id, 3) == skipped and skipped["epoch"] == 0 and skipped["artifact_path"] is None
+    assert not (lab.artifacts / job_id / "unit-0003.npz").exists(), "the skipped unit wrote its artifact"
+    assert lab.row(job_id)["units_done"] == 3
+    _finishes_on_three_repetitions(lab, job_id)

@@ -244,3 +244,15 @@ def test_stop_when_stable_is_validated(value: object) -> None:
     with pytest.raises(ValueError, match="stop_when_stable"):
         AuditConfig(stop_when_stable=value)  # type: ignore[arg-type]
     assert AuditConfig().stop_when_stable is None
+
+
+def test_repetition_aligned_units_never_mix_repetitions_and_keep_every_model() -> None:
+    from models.units import complete_repetitions, repetition_aligned
+
+    planned = [list(range(0, 8)), list(range(8, 16)), list(range(16, 24))]  # K = 3, L = 8, size 8
+    assert repetition_aligned(planned, 3) == [list(range(r * 3, r * 3 + 3)) for r in range(8)]
+    small = repetition_aligned([[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]], 5)  # size 2 < K = 5
+    assert small == [[0, 1], [2], [3, 4], [5, 6], [7], [8, 9]]
+    assert all(len({m // 5 for m in unit}) == 1 and len(unit) <= 2 for unit in small)
+    assert complete_repetitions({0, 1, 2, 3, 4, 6, 7, 8, 9}, 5, 2) == 1  # model 5 missing
+    assert complete_repetitions(set(range(10)), 5, 2) == 2 and complete_repetitions(set(), 5, 2) == 0

@@ -20,7 +20,7 @@ import torch
 
 from app.lifecycle import JobState
 from app.provenance import content_sha256
-from models.audit import run_audit
+from models.audit import AuditResult, run_audit
 from models.config import AuditConfig, ModelConfig, TrainConfig
 from models.data import load_dataset
 from models.imageset import image_set_from_array
@@ -76,11 +76,8 @@ def test_scores_match_the_science_core(
     pg_stack: Stack, finished_job: dict[str, Any], images: np.ndarray
 ) -> None:
     spec = tiny_job({"id": "unused"})
-    direct = run_audit(
-        image_set_from_array(images, name="digits").images,
-        ModelConfig.from_dict(spec["model"]), TrainConfig.from_dict(spec["training"]),
-        AuditConfig.from_dict({**spec["audit"], "device": "cpu"}),
-    ).scores
+    result = _direct(spec, images)
+    direct = result.scores
     response = pg_stack.client.get("/scores", params={"top": N_SAMPLES, "job_id": finished_job["id"]},
                                    headers=AS_ALICE)
     assert response.status_code == 200
@@ -96,6 +93,53 @@ def test_scores_match_the_science_core(
     np.testing.assert_allclose([item["log_p_out"] for item in items], direct.V[ids], rtol=1e-9, atol=1e-9)
     expected_order = np.lexsort((np.arange(N_SAMPLES), -direct.M))
     assert ids.tolist() == expected_order.tolist()
+    # SPEC §7: the bootstrap interval (L = 2) and the confident flag, as the science core computes them
+    for name in ("score_se", "score_lo", "score_hi"):
+        np.testing.assert_allclose([item[name] for item in items], getattr(result, name)[ids], rtol=1e-9,
+                                   atol=1e-9, err_msg=name)  # fmt: skip
+    assert [item["confident"] for item in items] == result.confident[ids].tolist()
+    summary = finished_job["summary"]
+    assert summary["confidently_memorized"] == result.n_confident
+    assert summary["repeats_used"] == 2 and summary["stopped_early"] is False
+    assert summary["stability"] == [{"repetition": 2, "overlap": result.stability[0]}]
+    assert summary["stability_top_k"] == result.uncertainty.top_k
+
+
+def _direct(spec: dict[str, Any], images: np.ndarray) -> AuditResult:
+    """The same audit run in-process by the science core (what `memaudit audit` does)."""
+    return run_audit(
+        image_set_from_array(images, name="digits").images,
+        ModelConfig.from_dict(spec["model"]), TrainConfig.from_dict(spec["training"]),
+        AuditConfig.from_dict({**spec["audit"], "device": "cpu"}),
+    )
+
+
+def test_stop_when_stable_skips_the_remaining_repetitions(pg_stack: Stack, images: np.ndarray) -> None:
+    """K = 2, L = 5, one unit per repetition: the rule (any overlap, two repetitions in a row) fires after
+    repetition 3, so the two remaining units are skipped, 6 of the 10 fits run, and the scores are those
+    of the local early-stopping run. (Bob's job: Alice's latest finished job stays the module's.)"""
+    upload = pg_stack.client.post("/datasets", files={"file": ("digits.npz", npz_bytes(images))},
+                                  headers=AS_BOB)
+    assert upload.status_code in (200, 201), upload.text
+    spec = tiny_job({"id": upload.json()["id"]}, folds=2, repeats=5, models_per_unit=2, stop_when_stable=1e-9)
+    response = pg_stack.client.post("/jobs", json=spec, headers=AS_BOB)
+    assert response.status_code == 202, response.text
+    job = pg_stack.wait_for_state(response.headers["Location"], headers=AS_BOB)
+    assert job["state"] == JobState.SUCCEEDED, job
+    progress, summary = job["progress"], job["summary"]
+    assert progress["units_total"] == 5 and progress["units_done"] == 3 and progress["units_skipped"] == 2
+    assert summary["n_models"] == 6 < 2 * 5, "the service trained every repetition"
+    assert summary["repeats_used"] == 3 and summary["repeats_requested"] == 5 and summary["stopped_early"]
+    assert len(summary["stability"]) == 2
+    recorded = summary["provenance"]["units"]  # the skipped units are there, with nothing they ran
+    assert [unit["state"] for unit in recorded] == ["done"] * 3 + ["skipped"] * 2
+    assert all(len(recorded[i]) > len(recorded[3]) == len(recorded[4]) for i in range(3))
+    result = _direct(spec, images)
+    assert result.repeats_used == 3
+    served = pg_stack.client.get(f"/jobs/{job['id']}/scores", params={"sort": "sample_id", "limit": 1000},
+                                 headers=AS_BOB).json()["items"]  # fmt: skip
+    np.testing.assert_allclose([item["score"] for item in served], result.scores.M, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose([item["score_lo"] for item in served], result.score_lo, rtol=1e-9, atol=1e-9)
 
 
 def test_job_resource_when_done(pg_stack: Stack, finished_job: dict[str, Any]) -> None:

@@ -204,7 +204,7 @@ def test_mrgan_copies_are_in_its_cosine_feature_space(sqlite_stack: Stack) -> No
     assert found["copies_space"] == "pixels, cosine" and found["space"] == "pixels"
     threshold = job["summary"]["units"][0]["copy_threshold"]
     assert found["copy_threshold"] == pytest.approx(threshold)
-    assert len(found["copies"]) == min(8, int(top["copy_count"]))
+    assert len(found["copies"]) == min(8, int(top["nearest_copy_count"]))  # copies credit the nearest
     assert all(c["distance"] <= threshold for c in found["copies"])
     for copy in found["copies"][:1]:
         assert _png(sqlite_stack, copy["image_url"]).shape == (8, 8)

@@ -38,10 +38,18 @@ def test_copy_test_job_ranks_the_copied_training_images_first(sqlite_stack: Stac
     assert job["summary"]["c_t"] < 0
     top = sqlite_stack.client.get("/scores", params={"job_id": job["id"], "top": 30}).json()
     assert {item["sample_id"] for item in top["items"]} == set(range(30))
-    # Exact copies have d_S = 0, so rho = inf, stored as null like every non-finite value.
-    assert all(item["copy_count"] == 3 and item["rho"] is None for item in top["items"])
+    # Exact copies have d_S = 0, so rho = inf, stored as null like every non-finite value. The SPEC §5
+    # radius count (at the copy threshold) ranks; the nearest-credit count is the second field.
+    assert all(item["within_tau_count"] >= 3 and item["nearest_copy_count"] == 3 and item["rho"] is None
+               for item in top["items"])  # fmt: skip
     other = sqlite_stack.client.get(f"/jobs/{job['id']}/samples/250").json()
-    assert other["copy_count"] == 0 and other["rho"] > 0
+    assert other["nearest_copy_count"] == 0 and other["rho"] > 0
+    assert other["within_tau_count"] == sum(row["within_tau_count"] for row in other["tau_counts"])
+    copied = sqlite_stack.client.get(f"/jobs/{job['id']}/samples/0").json()
+    assert copied["tau_counts"] == [{"tau_index": 0, "tau": job["summary"]["copy_threshold"],
+                                     "within_tau_count": copied["within_tau_count"],
+                                     "nearest_copy_count": None}]  # fmt: skip
+    assert job["summary"]["score_rule"].startswith("within_tau_count")
     scores = [item["score"] for item in top["items"]]
     assert scores == sorted(scores, reverse=True)
 
@@ -108,7 +116,15 @@ def test_mrgan_job_runs_one_unit_per_tau(sqlite_stack: Stack) -> None:
     assert units[0]["rejection_rate"] == 0.0 and units[1]["fakes_scored"] > 0
     assert all(np.isfinite(unit["frechet_distance"]) for unit in units)
     top = sqlite_stack.client.get("/scores", params={"job_id": job["id"], "top": 5}).json()
-    assert len(top["items"]) == 5 and all(item["copy_count"] is not None for item in top["items"])
+    assert len(top["items"]) == 5
+    assert all(item["within_tau_count"] is not None and item["nearest_copy_count"] is not None
+               for item in top["items"])  # fmt: skip
+    # the sweep's counts per tau: the scores are those of the smallest tau (unit 0)
+    first = top["items"][0]
+    detail = sqlite_stack.client.get(first["url"]).json()
+    by_tau = {row["tau_index"]: row for row in detail["tau_counts"]}
+    assert set(by_tau) <= {0, 1} and by_tau.get(0, {}).get("within_tau_count", 0) == first["within_tau_count"]
+    assert [row["tau"] for row in detail["tau_counts"]] == [units[i]["tau"] for i in sorted(by_tau)]
 
 
 @pytest.mark.parametrize(

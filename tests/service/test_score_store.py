@@ -71,3 +71,36 @@ def test_pages_with_nulls_in_both_orders(store: tuple[Session, str]) -> None:
             if cursor is None:
                 break
         assert seen == expected, sort
+
+
+def test_the_interval_columns_round_trip_with_nulls_on_both_writers(store: tuple[Session, str]) -> None:
+    """score_se / score_lo / score_hi go through the binary COPY (PostgreSQL) and the INSERT (SQLite) alike:
+    every combination of NULL and non-NULL floats in one set, a provisional set without them first."""
+    from sqlalchemy import select
+
+    from app.db import SampleScore
+
+    session, job_id = store
+    assert write_scores(session, job_id, _arrays([1, 2, 3, 4, 5, 6]), units=1, provisional=True)
+    rows = session.execute(select(SampleScore.score_se, SampleScore.score_lo, SampleScore.score_hi)
+                           .where(SampleScore.job_id == job_id)).all()  # fmt: skip
+    assert {tuple(row) for row in rows} == {(None, None, None)}
+    nan = np.nan
+    score = np.array([1.0, nan, 3.0, 4.0, 5.0, 6.0])
+    se = np.array([0.1, nan, nan, 0.4, 0.5, nan])
+    lo = np.array([0.5, nan, 2.5, nan, 4.5, -np.inf])
+    hi = np.array([1.5, nan, 3.5, 4.9, nan, 6.5])
+    ones = np.ones(6, dtype=np.int64)
+    arrays = ScoreArrays(score=score, log_p_in=score - 1, log_p_out=-np.ones(6), n_in=ones, n_out=ones,
+                         score_se=se, score_lo=lo, score_hi=hi)  # fmt: skip
+    assert write_scores(session, job_id, arrays, units=2, provisional=False)
+    stored = session.execute(select(SampleScore.sample_id, SampleScore.score, SampleScore.score_se,
+                                    SampleScore.score_lo, SampleScore.score_hi)
+                             .where(SampleScore.job_id == job_id).order_by(SampleScore.sample_id)).all()
+
+    def value(x: float) -> float | None:
+        return float(x) if np.isfinite(x) else None
+
+    assert [tuple(row) for row in stored] == [
+        (i, value(score[i]), value(se[i]), value(lo[i]), value(hi[i])) for i in range(6)
+    ]

@@ -28,7 +28,8 @@ def _attachment(job_id: str, suffix: str) -> dict[str, str]:
             responses={200: {"content": {"text/csv": {}}}, **NOT_FOUND})
 def export_scores_csv(job_id: JobIdPath, session: SessionDep, owner: OwnerDep) -> StreamingResponse:
     job = job_service.get_job(session, owner, job_id)  # 404 before the first byte is sent
-    return StreamingResponse(exports.csv_stream(job.id), media_type=exports.MEDIA_TYPES["csv"],
+    stream = exports.csv_stream(job.id, threshold=exports.confidence_threshold(job))
+    return StreamingResponse(stream, media_type=exports.MEDIA_TYPES["csv"],
                              headers=_attachment(job.id, "csv"))
 
 

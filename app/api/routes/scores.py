@@ -6,15 +6,26 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
+from sqlalchemy.orm import Session
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.presenters import score_out
-from app.api.schemas import NeighbourOut, SampleNeighboursOut, SampleOut, ScorePage, TopScores
+from app.api.schemas import (
+    NeighbourOut,
+    SampleNeighboursOut,
+    SampleOut,
+    ScorePage,
+    TauCountOut,
+    TopScores,
+)
 from app.db import Job
 from app.services import evidence as evidence_service
 from app.services import jobs as job_service
 from app.services import scores as service
 from app.services.errors import Invalid
+from app.services.exports import confidence_threshold
+from app.services.gan_specs import GAN_KINDS
+from app.services.tau_counts import counts_of_sample
 
 router = APIRouter(tags=["scores"])
 JobIdPath = Annotated[str, Path(max_length=64)]
@@ -34,7 +45,9 @@ def top_scores(
     job = job_service.get_job(session, owner, job_id) if job_id is not None else service.latest_scored_job(
         session, owner)  # fmt: skip
     rows = service.top_scores(session, job.id, top)
-    return TopScores(job_id=job.id, provisional=job.scores_provisional, items=[score_out(r) for r in rows])
+    threshold = confidence_threshold(job)
+    return TopScores(job_id=job.id, provisional=job.scores_provisional,
+                     items=[score_out(r, threshold) for r in rows])
 
 
 @router.get("/jobs/{job_id}/scores", operation_id="list_job_scores", response_model=ScorePage,
@@ -49,8 +62,9 @@ def list_job_scores(
         raise Invalid("limit", f"at most {settings.page_size_max}")
     job = job_service.get_job(session, owner, job_id)
     rows, next_cursor = service.score_page(session, job.id, sort, limit, cursor)
+    threshold = confidence_threshold(job)
     return ScorePage(job_id=job.id, provisional=job.scores_provisional, sort=sort,
-                     items=[score_out(r) for r in rows], next_cursor=next_cursor)
+                     items=[score_out(r, threshold) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}/samples", operation_id="find_sample", response_model=SampleOut,
@@ -60,22 +74,25 @@ def find_sample(
     key: Annotated[str, Query(min_length=1, max_length=1024, description="the sample's key (your id)")],
 ) -> SampleOut:
     job = job_service.get_job(session, owner, job_id)
-    return _sample_out(job, service.sample_by_key(session, job.id, key))
+    return _sample_out(session, job, service.sample_by_key(session, job.id, key))
 
 
 @router.get("/jobs/{job_id}/samples/{sample_id}", operation_id="get_sample", response_model=SampleOut,
             responses={404: {"description": "no such job or no score for this sample yet"}})
 def get_sample(job_id: JobIdPath, sample_id: SampleIdPath, session: SessionDep, owner: OwnerDep) -> SampleOut:
     job = job_service.get_job(session, owner, job_id)
-    return _sample_out(job, service.sample_score(session, job.id, sample_id))
+    return _sample_out(session, job, service.sample_score(session, job.id, sample_id))
 
 
-def _sample_out(job: Job, scored: service.ScoredSample) -> SampleOut:
-    threshold = (job.summary or {}).get("highly_memorized_threshold")
+def _sample_out(session: Session, job: Job, scored: service.ScoredSample) -> SampleOut:
+    threshold = confidence_threshold(job)
     score = scored.row.score
     above = None if threshold is None or score is None else bool(score > threshold)
-    return SampleOut(**score_out(scored).model_dump(), provisional=job.scores_provisional,
-                     highly_memorized=above)  # fmt: skip
+    taus = None
+    if job.kind in GAN_KINDS:
+        taus = [TauCountOut(**row) for row in counts_of_sample(session, job.id, scored.row.sample_id)]
+    return SampleOut(**score_out(scored, threshold).model_dump(), provisional=job.scores_provisional,
+                     highly_memorized=above, tau_counts=taus)  # fmt: skip
 
 
 @router.get("/jobs/{job_id}/samples/{sample_id}/image.png", operation_id="get_sample_image",

@@ -209,6 +209,13 @@ class MemauditClient:
             if not cursor:
                 return
 
+    def confident_scores(self, job_id: str, *, page_size: int = 1000) -> list[JsonObject]:
+        """The job's confidently memorized samples (SPEC §7: ``score_lo``, the lower end of the bootstrap
+        90% interval, above the 0.95 quantile of M), most memorized first. Every score row carries
+        ``score_se``, ``score_lo``, ``score_hi`` (null when the audit has one repetition) and ``confident``;
+        the job summary has ``confidently_memorized``, ``stability`` and ``repeats_used``."""
+        return [row for row in self.iter_scores(job_id, page_size=page_size) if row.get("confident")]
+
     # ---- files ----
 
     def export_scores(self, job_id: str, out: str | os.PathLike[str], *, fmt: str = "csv") -> Path:
