@@ -136,7 +136,8 @@ def test_report_of_a_real_job_renders_in_chromium(live_server: LiveServer, finis
     html = out.read_text()
     assert code == 0
     assert "Histogram of M" in html and "Quantiles of M over training" in html and "Loss curves" in html
-    assert "nearest held-out" in html and "nearest generated" in html and "Spearman" in html
+    # The evidence panel: each flagged sample beside its nearest held-out and generated images.
+    assert "held-out #" in html and "generated #" in html and "Spearman" in html
     binary = chromium_or_skip()
     probed = run_chromium(binary, probe_copy(html, tmp_path / "probe.html"), tmp_path / "profile",
                           "--dump-dom", "--virtual-time-budget=5000")
