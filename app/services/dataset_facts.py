@@ -51,8 +51,8 @@ class DatasetFacts:
 
     @classmethod
     def of_images(cls, images: ImageSet) -> DatasetFacts:
-        return cls(count=images.count, image_shape=images.image_shape, min=float(images.images.min()),
-                   max=float(images.images.max()), source_kind=images.source_kind,
+        return cls(count=images.count, image_shape=images.image_shape, min=images.min_intensity,
+                   max=images.max_intensity, source_kind=images.source_kind,
                    is_8bit=images.is_8bit)  # fmt: skip
 
     def summary(self) -> dict[str, Any]:

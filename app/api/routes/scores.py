@@ -11,6 +11,7 @@ from app.api.presenters import score_out
 from app.api.schemas import SampleOut, ScorePage, TopScores
 from app.db import Job
 from app.services import jobs as job_service
+from app.services import sample_images
 from app.services import scores as service
 from app.services.errors import Invalid
 
@@ -81,5 +82,5 @@ def _sample_out(job: Job, scored: service.ScoredSample) -> SampleOut:
 def get_sample_image(
     job_id: JobIdPath, sample_id: SampleIdPath, session: SessionDep, owner: OwnerDep, settings: SettingsDep
 ) -> Response:
-    png = service.sample_png(session, settings, owner, job_id, sample_id)
+    png = sample_images.sample_png(session, settings, owner, job_id, sample_id)
     return Response(content=png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
