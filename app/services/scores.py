@@ -1,7 +1,8 @@
-"""Reading scores: top-k, keyset pages in either order, one sample, and its image.
+"""Reading scores: top-k, keyset pages in either order, one sample (its image: sample_images.py).
 
 Order "score_desc" is (score DESC, NULLs last, sample_id ASC), exactly the index
-ix_sample_scores_job_score, so top-k and every page are range scans. "score_asc" is its exact
+ix_sample_scores_job_score (on PostgreSQL, per job partition: revision 0008), so top-k and every page
+are range scans. "score_asc" is its exact
 reverse (the same index read backwards). "sample_id" uses the primary key.
 """
 
