@@ -67,7 +67,7 @@ def _uploads(folder: Path) -> dict[str, str]:
     with session_scope() as session:
         for name in ("fashion.parquet", "fashion.npz"):
             with (folder / name).open("rb") as handle:
-                ids[name] = store_upload(session, get_settings(), "local", handle, name).row.id
+                ids[name] = store_upload(session, get_settings(), "local", handle, name).dataset.id
     return ids
 
 

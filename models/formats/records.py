@@ -61,19 +61,23 @@ def map_npy(path: Path, field: str) -> np.ndarray:
 
 def write_pixel_file(path: Path, shape: tuple[int, ...], chunks: Iterator[np.ndarray]) -> None:
     """Write uint8 images ``shape`` (N, H, W) or (N, H, W, 3) from ``chunks`` of consecutive rows to
-    ``path`` atomically (a concurrent writer of the same file ends with the same bytes)."""
+    ``path`` atomically (a concurrent writer of the same file ends with the same bytes). Plain writes, not
+    a writable memory map, so the writer's resident memory does not grow with the file."""
+    from models.formats.store import npy_header
+
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        target = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
-        position = 0
-        for chunk in chunks:
-            target[position:position + len(chunk)] = chunk
-            position += len(chunk)
-        if position != shape[0]:
-            raise ValueError(f"{path.name}: {position} images written, {shape[0]} expected")
-        target.flush()
-        del target
+        with temp.open("wb") as stream:
+            stream.write(npy_header(shape))
+            written = 0
+            for chunk in chunks:
+                if chunk.shape[1:] != shape[1:] or chunk.dtype != np.uint8:
+                    raise ValueError(f"{path.name}: a chunk shaped {chunk.shape} does not fit {shape}")
+                stream.write(np.ascontiguousarray(chunk).tobytes())
+                written += len(chunk)
+        if written != shape[0]:
+            raise ValueError(f"{path.name}: {written} images written, {shape[0]} expected")
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
