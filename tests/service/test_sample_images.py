@@ -139,3 +139,23 @@ def test_a_replaced_data_root_file_is_refused_not_mixed_up(api: tuple[TestClient
     refused = client.get(f"/jobs/{job_id}/samples/3/image.png")
     assert refused.status_code == 404 and "no longer available" in refused.text
     assert client.get(f"/jobs/{job_id}/samples/100/image.png").status_code == 404  # out of range
+
+
+def test_a_converted_folder_is_served_from_the_jobs_snapshot_after_the_folder_changes(
+    api: tuple[TestClient, Path],
+) -> None:
+    client, root = api
+    pixels = _pixels(40)
+    for index, image in enumerate(pixels):
+        folder = root / "folder" / f"class{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index:03d}.png")
+    job_id = _job(client, {"path": "folder"})
+    first = client.get(f"/jobs/{job_id}/samples/0/image.png")
+    assert first.status_code == 200
+    # Replace every image and add one: the folder is other content now; the job's images are still its own.
+    for path in sorted((root / "folder").rglob("*.png")):
+        Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
+    Image.fromarray(pixels[0]).save(root / "folder" / "class0" / "999.png")
+    again = client.get(f"/jobs/{job_id}/samples/0/image.png")
+    assert again.status_code == 200 and again.content == first.content
