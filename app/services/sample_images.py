@@ -98,6 +98,9 @@ def image_rows(spec: dict[str, Any], identity: str, session: Session, settings: 
         if not target.is_file():
             shape, chunks = _chunks_of(spec, array_file, settings)
             write_pixel_file(target, shape, chunks)
+            if "path" in spec and dataset_identity(spec, session, settings, owner, FIELD) != identity:
+                target.unlink(missing_ok=True)  # replaced while it was read: the copy may mix two files
+                raise NotFound(f"{FIELD}.path", "the file changed while it was read; try again")
         return map_npy(target, FIELD)
     except DataError as error:
         raise as_service_error(error) from None
