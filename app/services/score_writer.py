@@ -23,7 +23,7 @@ from app.db import Job, SampleScore, is_postgres, utcnow
 from app.faults import fault_point
 from app.lifecycle import JOB_ACTIVE, guarded_update
 from app.services.pg_copy import binary_copy_chunks
-from app.services.score_partitions import replace_job_scores
+from app.services.score_partitions import stage_job_scores
 
 COLUMNS = ("job_id", "sample_id", "score", "log_p_in", "log_p_out", "n_in", "n_out", "rank")
 INSERT_COLUMNS = (*COLUMNS, "rho", "copy_count")
@@ -117,13 +117,16 @@ def write_scores(session: Session, job_id: str, arrays: ScoreArrays, units: int,
     if has_final or (provisional and stored_units >= units):
         _end(session, commit)
         return False
+    swap = None
     if is_postgres(session):  # the job's partition is swapped for a freshly indexed one (score_partitions)
-        replace_job_scores(session, job_id, _load(session, job_id, arrays))
+        swap = stage_job_scores(session, job_id, _load(session, job_id, arrays))
     else:
         session.execute(delete(SampleScore).where(SampleScore.job_id == job_id))
         _insert_rows(session, _rows(job_id, arrays))
     guarded_update(session, Job, job_id, when=JOB_ACTIVE, scores_units=units, scores_provisional=provisional)
     fault_point("score_write_provisional" if provisional else "score_write_final")
+    if swap is not None:
+        swap()  # last: the job's readers wait only from here to the commit
     if commit:
         session.commit()
     return True

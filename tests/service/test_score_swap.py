@@ -4,6 +4,7 @@ revision 0008 partitions existing rows and downgrades. Real databases, a real co
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -107,6 +108,28 @@ def test_a_write_rolled_back_leaves_the_old_set_and_nothing_else(engine: Engine)
             leaves = text("SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relname LIKE :prefix")
             tables = session.execute(leaves, {"prefix": partition_name(job_id) + "%"}).scalar()
             assert tables == 1
+
+
+def test_a_long_reader_of_the_job_does_not_hold_up_its_next_write(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the partition swap is PostgreSQL's")
+    rows = 1000
+    with Session(engine, expire_on_commit=False) as session:
+        job_id = _job(session, rows)
+        assert write_scores(session, job_id, _version(1, rows), units=1, provisional=True)
+    versions = text("SELECT count(*), min(n_in), max(n_in) FROM sample_scores WHERE job_id = :job")
+    with engine.connect() as download:  # a reader in the middle of a long transaction on this job's rows
+        assert download.execute(versions, {"job": job_id}).one() == (rows, 1, 1)
+        started = time.monotonic()
+        with Session(engine, expire_on_commit=False) as session:
+            assert write_scores(session, job_id, _version(2, rows), units=2, provisional=True)
+        assert time.monotonic() - started < 30, "the write waited for the reader"
+        assert download.execute(versions, {"job": job_id}).one() == (rows, 2, 2)  # its next statement
+    with Session(engine, expire_on_commit=False) as session:  # and the next write swaps again
+        assert write_scores(session, job_id, _version(3, rows), units=3, provisional=True)
+        assert session.execute(versions, {"job": job_id}).one() == (rows, 3, 3)
+        leaves = text("SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relname LIKE :prefix")
+        assert session.execute(leaves, {"prefix": partition_name(job_id) + "%"}).scalar() == 1
 
 
 _JOB = text(
