@@ -189,3 +189,17 @@ def test_0008_moves_every_job_into_its_partition_and_downgrades(database_url: st
     downgraded = _top(database_url)
     assert downgraded == {"partitioned": [0], "j1": [2, 1, 0], "j2": before["j2"]}
     command.upgrade(config, "head")
+
+
+def test_gan_columns_are_written_through_the_same_swap(engine: Engine) -> None:
+    with Session(engine, expire_on_commit=False) as session:
+        job_id = _job(session, rows=4)
+        arrays = _version(1, rows=4)
+        gan = ScoreArrays(score=arrays.score, log_p_in=arrays.log_p_in, log_p_out=arrays.log_p_out,
+                          n_in=arrays.n_in, n_out=arrays.n_out, rho=np.array([0.5, 1.0, np.nan, 2.0]),
+                          copy_count=np.array([0.0, 3.0, 1.0, 0.0]))  # fmt: skip
+        assert write_scores(session, job_id, gan, units=1, provisional=True)
+        assert write_scores(session, job_id, gan, units=2, provisional=False)
+        query = text("SELECT sample_id, rho, copy_count FROM sample_scores WHERE job_id = :job ORDER BY 1")
+        rows = session.execute(query, {"job": job_id}).all()
+        assert [tuple(row) for row in rows] == [(0, 0.5, 0.0), (1, 1.0, 3.0), (2, None, 1.0), (3, 2.0, 0.0)]
