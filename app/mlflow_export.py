@@ -2,9 +2,11 @@
 
 The run gets the job spec as params (flattened, ``model.latent``), the summary as metrics (M quantiles,
 counts, per class ``class.<label>.median|q95|count|n_above_threshold``; per-epoch quantiles and loss curves
-as stepped metrics), tags naming the job and server, and two artifacts: the HTML report and the scores as
-Parquet (with the samples' ``key`` and ``label`` columns). Needs the optional extra ``mlflow``
-(mlflow-skinny); the tracking URI is anything MLflow accepts (``file:/path/mlruns``, ``http://...``).
+as stepped metrics), tags naming the job and server (and the memaudit version and source revision), the
+provenance block's inputs, software and seeds as ``provenance.*`` params, and three artifacts: the HTML
+report, the scores as Parquet (with the samples' ``key`` and ``label`` columns) and provenance.json.
+Needs the optional extra ``mlflow`` (mlflow-skinny); the tracking URI is anything MLflow accepts
+(``file:/path/mlruns``, ``http://...``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str
 def job_params(job: Mapping[str, Any]) -> dict[str, str]:
     spec = {key: value for key, value in (job.get("spec") or {}).items() if value is not None}
     return {key: str(value)[:PARAM_VALUE_LIMIT] for key, value in _flatten(spec)}
+
+
+def provenance_params(job: Mapping[str, Any]) -> dict[str, str]:
+    """The provenance block's comparable facts as params (``provenance.inputs.dataset.content_sha256``,
+    ``provenance.software.torch``, ``provenance.seeds.audit.seed``); the whole block is an artifact."""
+    block = (job.get("summary") or {}).get("provenance") or {}
+    params = {}
+    for section in ("software", "inputs", "seeds"):
+        for key, value in _flatten(block.get(section) or {}, f"provenance.{section}."):
+            if value is not None:
+                params[key] = str(value)[:PARAM_VALUE_LIMIT]
+    return params
 
 
 def _finite(value: Any) -> bool:
@@ -97,6 +111,13 @@ def export_job(client: MemauditClient, job_id: str, *, tracking_uri: str | None 
             params=[Param(key, value) for key, value in job_params(job).items()],
             tags=[RunTag("memaudit.provisional", str((job.get("scores") or {}).get("provisional", False)))],
         )
+        provenance = (job.get("summary") or {}).get("provenance")
+        if provenance is not None:  # its own batch: MLflow takes at most 100 params per batch
+            software = provenance.get("software") or {}
+            tracking.log_batch(run_id, params=[Param(k, v) for k, v in provenance_params(job).items()],
+                               tags=[RunTag("memaudit.version", str(software.get("memaudit"))),
+                                     RunTag("memaudit.revision", str(software.get("revision")))])  # fmt: skip
+            tracking.log_dict(run_id, provenance, "provenance.json")
         if (job.get("scores") or {}).get("available"):
             with tempfile.TemporaryDirectory(prefix="memaudit-mlflow-") as folder:
                 report = client.download_report(job_id, Path(folder) / "report.html")

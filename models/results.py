@@ -98,6 +98,8 @@ def unit_environment(results: Sequence[UnitResult]) -> dict[str, Any]:
             "device_name": r.device_name,
             "precision": r.precision,
             "stacks": r.stacks,
+            "train_seconds": r.timings.get("train_seconds"),
+            "is_seconds": r.timings.get("is_seconds"),
         }
         for r in results
     ]

@@ -38,8 +38,10 @@ from app.tasks import FINISH_JOB, RUN_UNIT, enqueue_on_commit
 from models.audit import Cancelled, plan_units, resolve_device, train_unit
 from models.imageset import ImageSet
 from workers import claims, gan_runner
+from workers import evidence as job_evidence
 from workers.claims import UnitClaim
 from workers.heartbeat import heartbeat
+from workers.provenance import job_provenance, record_inputs
 from workers.results import (
     artifact_path,
     combine_units,
@@ -68,6 +70,10 @@ def _images(session: Session, job: Job, key: str) -> ImageSet:
     return load_recorded(job.spec[key], recorded, session, get_settings(), job.owner, key, _DATA_CACHE)
 
 
+def _job_dir(job_id: str) -> Path:
+    return artifact_path(get_settings().resolved_artifacts_dir, job_id, 0).parent
+
+
 def _units(session: Session, job_id: str) -> list[Unit]:
     return list(session.scalars(select(Unit).where(Unit.job_id == job_id).order_by(Unit.index)))
 
@@ -92,6 +98,8 @@ def _create_units(session: Session, job: Job) -> list[Unit]:
     device = worker_device()
     try:
         train = _images(session, job, "dataset")  # cached for the units that run on this worker
+        record_inputs(session, job, _job_dir(job.id),
+                      lambda field: train if field == "dataset" else _images(session, job, field))
     except ServiceError as error:  # the dataset is gone or changed since the job was validated
         fail_job(session, job.id, f"{error.field}: {error.message}")
         return []
@@ -145,8 +153,7 @@ def _prepare_mrgan(session: Session, job: Job, device: torch.device) -> bool:
         fail_job(session, job.id, f"{error.field}: {error.message}")
         return False
     session.commit()  # no transaction stays open while the embedding is computed
-    job_dir = artifact_path(get_settings().resolved_artifacts_dir, job.id, 0).parent
-    gan_runner.shared_feature_space(job_dir, job.spec, inputs, device)
+    gan_runner.shared_feature_space(_job_dir(job.id), job.spec, inputs, device)
     return True
 
 
@@ -367,6 +374,7 @@ def finish_job(job_id: str) -> None:
 
 def _finish_claimed(job: Job, token: int, paths: list[Path], labels: list[str | None] | None) -> None:
     """Compute the final result (no transaction open), then write it and succeed in one transaction."""
+    started = time.monotonic()
     if job.kind in gan_runner.GAN_KINDS:
         arrays, summary = gan_runner.finish(job.kind, paths)
         generated = None
@@ -376,17 +384,38 @@ def _finish_claimed(job: Job, token: int, paths: list[Path], labels: list[str | 
         final = final_result(paths, job.n_samples, build_configs(job.spec).audit, n_heldout)
         conversion = job.spec.get("facts", {}).get("train", {}).get("conversion")
         arrays, summary, generated = score_arrays(final.scores), summarize(final, labels, conversion), final
+    _store_evidence(job, paths, arrays.score, summary, None if generated is None else generated.samples)
     with session_scope() as session:
         if not claims.lock_finish(session, job.id, token):
             _honour_cancel(session, job.id)  # cancelled, failed or taken over while this run computed
             return
         fault_point("finish")
+        summary["provenance"] = job_provenance(job, _units(session, job.id), _job_dir(job.id), summary,
+                                               time.monotonic() - started)
         if generated is not None:
             write_generated(paths[0].parent, generated)
         write_scores(session, job.id, arrays, units=len(paths), provisional=False, commit=False)
         if not claims.succeed(session, job.id, token, summary):
             session.rollback()
             _honour_cancel(session, job.id)
+
+
+def _store_evidence(job: Job, paths: list[Path], score: np.ndarray, summary: dict[str, Any],
+                    generated: np.ndarray | None) -> None:
+    """The flagged samples' neighbours (workers/evidence.py), before the job succeeds."""
+
+    def load(key: str) -> ImageSet | None:
+        if not job.spec.get(key):
+            return None
+        with session_scope() as session:
+            images = _images(session, job, key)
+            job_evidence.keep_display_copy(session, job.spec, job.owner, key, images)
+            return images
+
+    seconds = job_evidence.finish_evidence(job.id, paths[0].parent, lambda: job_evidence.job_evidence(
+        job.spec, job.kind, score, load, paths=paths, summary=summary, generated=generated))  # fmt: skip
+    if seconds is not None and isinstance(summary.get("timings"), dict):
+        summary["timings"]["evidence_seconds"] = seconds
 
 
 def _honour_cancel(session: Session, job_id: str) -> None:

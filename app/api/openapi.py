@@ -35,7 +35,8 @@ JOB_LINKS = {
 # GET /scores names the job its scores come from (by default the latest finished one) and its samples
 SCORED_JOB_LINKS = {"ListJobScores": "list_job_scores", "ExportScoresParquet": "export_scores_parquet",
                     "GetJobReport": "get_job_report"}  # fmt: skip
-SAMPLE_LINKS = {"GetSample": "get_sample", "GetSampleImage": "get_sample_image"}
+SAMPLE_LINKS = {"GetSample": "get_sample", "GetSampleImage": "get_sample_image",
+                "GetSampleNeighbours": "get_sample_neighbours"}  # the top sample is always flagged
 
 
 def install_openapi(app: FastAPI, settings: Settings, keys_configured: Callable[[], bool]) -> None:

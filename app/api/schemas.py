@@ -112,3 +112,56 @@ class Health(BaseModel):
     database: bool
     broker: bool
     version: str
+
+
+class NeighbourOut(BaseModel):
+    """One neighbour of a flagged training sample (GET /jobs/{id}/samples/{sid}/neighbours)."""
+
+    role: Literal["train", "heldout", "generated"] = Field(
+        description="train: another training image; heldout: a held-out image; generated: a model sample")
+    index: int = Field(description="its index in its set (sample_id for training images)")
+    key: str | None = Field(description="the user's id of a training neighbour (null for the other sets)")
+    label: str | None = Field(description="a training neighbour's class as text")
+    distance: float = Field(description="distance to the flagged sample, in the response's space")
+    image_url: str
+
+
+class SampleNeighboursOut(BaseModel):
+    job_id: str
+    sample_id: int
+    key: str | None
+    label: str | None
+    image_url: str
+    flagged_rank: int = Field(description="1 = the highest-scored flagged sample")
+    space: str = Field(description="where train / heldout / generated distances live: pixels = "
+                                   "intensities in [0, 1], all channels")
+    metric: Literal["euclidean"]
+    train: list[NeighbourOut] = Field(description="the 3 nearest other training images, nearest first")
+    heldout: NeighbourOut | None = Field(description="the nearest held-out image (jobs with a held-out set)")
+    generated: NeighbourOut | None = Field(description="the nearest generated image (VAE jobs that "
+                                                       "generated samples)")
+    copies: list[NeighbourOut] = Field(description="GAN and copy-test jobs: generated samples that copy "
+                                                   "this image, closest first (at most 8)")
+    copies_space: str | None = Field(description="feature space and metric of the copies' distances")
+    copy_threshold: float | None = Field(description="a generated sample copies its nearest training image "
+                                                     "when their distance is at most this")
+
+
+class InputOut(BaseModel):
+    source: str = Field(description="upload:<dataset id>, builtin:<name> or path:<under the data root>")
+    file_sha256: str | None = Field(description="sha256 of the bytes given (several files: their manifest's)")
+    content_sha256: str | None = Field(default=None, description="sha256 of the decoded images (datasets)")
+    count: int | None = None
+    image_shape: list[int] | None = None
+
+
+class ProvenanceOut(BaseModel):
+    """What an audit read and what ran it (docs/api.md, Provenance); written by the finishing step."""
+
+    schema_version: int = Field(alias="schema", serialization_alias="schema")
+    software: dict[str, str | None]
+    inputs: dict[str, InputOut]
+    config: dict[str, Any]
+    seeds: dict[str, int]
+    units: list[dict[str, Any]]
+    phases: dict[str, float | None]

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from app.cli import audit, gan, keys, remote, server
+from app.cli import audit, diff, gan, keys, remote, server
 from app.settings import ConfigurationError
 
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Audit generative models for training-data memorization.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (audit, gan, server, keys, remote):
+    for module in (audit, gan, server, keys, remote, diff):
         module.register(subparsers)
     return parser
 

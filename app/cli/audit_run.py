@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app import provenance
 from app.cli.audit_report import build_summary, format_top, score_columns, write_scores, write_summary
 from app.cli.progress import AuditProgress, is_terminal
 from models.audit import AuditResult, Cancelled, resolve_device, run_audit
@@ -101,6 +102,7 @@ def audit_command(args: argparse.Namespace) -> int:
         correlation=correlation,
         timings=timings,
     )
+    summary["provenance"] = audit_provenance(args, inputs, result, timings)
     summary_path = write_summary(args.out, summary)
     _print_report(
         columns, result, correlation.statistic if correlation else None, args.top, table, summary_path
@@ -169,6 +171,21 @@ def _print_report(
     if spearman is not None:
         print(f"Spearman(rho, M) = {spearman:.4f}")
     print(f"Wrote {table} and {summary_path} ({result.timings['wall_seconds']:.1f} s on {result.device})")
+
+
+def audit_provenance(args: argparse.Namespace, inputs: AuditInputs, result: AuditResult,
+                     timings: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    """The same block as a service job's summary (app.provenance), for `memaudit diff`."""
+    recorded = {"dataset": provenance.local_input(str(args.dataset), inputs.train_set)}
+    if inputs.heldout is not None:
+        recorded["heldout"] = provenance.local_input(str(args.heldout), inputs.heldout, "heldout")
+    audit = {key: value for key, value in result.config["audit"].items() if key != "device"}
+    config = {"model": result.config["model"], "training": result.config["train"], "audit": audit}
+    phases = {"load_seconds": timings["load_seconds"], "train_seconds": result.timings.get("train_seconds"),
+              "likelihood_seconds": result.timings.get("is_seconds"), "nn_seconds": timings["nn_seconds"],
+              "total_seconds": timings["total_seconds"]}  # fmt: skip
+    return provenance.build(inputs=recorded, config=config,
+                            units=result.environment.get("units", []), phases=phases)  # fmt: skip
 
 
 def _given(args: argparse.Namespace, options: dict[str, str]) -> dict[str, Any]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 import numpy as np
 import torch
 
+from app import provenance
 from app.cli.audit_report import versions, write_summary
 from app.cli.audit_run import reading_options
 from app.cli.gan_report import (
@@ -81,6 +83,10 @@ def copytest_command(args: argparse.Namespace) -> int:
         "seconds": time.perf_counter() - started,
         "versions": versions(),
     }
+    recorded = {"train": (args.train, train), "test": (args.test, test), "generated": (args.generated, None)}
+    config = {"copy_test": {**summary["copy_test"], "copy_quantile": args.copy_quantile, "seed": args.seed,
+                            "embedding": summary["embedding"]}}  # fmt: skip
+    summary["provenance"] = _provenance(args, recorded, config, device, summary["seconds"])
     summary_path = write_summary(args.out, summary)
     if args.top:
         print(format_top_copied(report.counts, sample_ids, args.top, report.within_tau[0]))
@@ -182,6 +188,7 @@ def _write_mrgan(
     for index, result in enumerate(results):
         write_tau_unit(args.out / f"tau_{index:02d}", result, sample_ids, names_of(train))
     table = write_csv(args.out / "sweep.csv", sweep_columns(results))
+    seconds = time.perf_counter() - started
     summary = {
         "units": [{"folder": f"tau_{i:02d}", **result.summary()} for i, result in enumerate(results)],
         "gan": config_to_dict(gan),
@@ -191,9 +198,14 @@ def _write_mrgan(
         "train": train.describe(),
         "heldout": heldout.describe(),
         "device": str(device),
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
         "versions": versions(),
     }
+    # Without --heldout, DATASET is split here: its decoded content is the two parts together.
+    whole = train if args.heldout else None
+    recorded = {"dataset": (args.dataset, whole), "heldout": (args.heldout, heldout)}
+    config = {name: summary[name] for name in ("gan", "training", "sweep", "embedding")}
+    summary["provenance"] = _provenance(args, recorded, {"mrgan": config}, device, seconds)
     summary_path = write_summary(args.out, summary)
     print(format_sweep(results))
     print(f"Wrote {table}, {summary_path} and one tau_NN/ folder per tau")
@@ -205,6 +217,21 @@ def _print_progress(tau: float, event: MrganProgress) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _provenance(args: argparse.Namespace, datasets: dict[str, tuple[str | None, ImageSet | None]],
+                config: dict[str, Any], device: torch.device, seconds: float) -> dict[str, Any]:  # fmt: skip
+    """app.provenance's block for a GAN command: its datasets (decoded content where this command kept
+    the set whole) and model files, the config, and the run's device and seconds."""
+    inputs = {name: provenance.local_input(spec, images, name)
+              for name, (spec, images) in datasets.items() if spec is not None}  # fmt: skip
+    embedding = str(getattr(args, "embedding", "") or "")
+    if ":" in embedding:  # torchscript:PATH (or another file-backed kind)
+        inputs["embedding"] = provenance.local_model_file(embedding.split(":", 1)[1])
+    if getattr(args, "generator", None):
+        inputs["generator"] = provenance.local_model_file(args.generator)
+    return provenance.build(inputs=inputs, config=config, units=[{"device": str(device), "seconds": seconds}],
+                            phases={"total_seconds": seconds})  # fmt: skip
 
 
 def _tensor(images: ImageSet, device: torch.device) -> torch.Tensor:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # app.reports.evidence renders with app.reports.images, which imports this module
+    from app.reports.evidence import EvidencePanel
 
 Image = np.ndarray
 
@@ -126,3 +129,4 @@ class ReportData:
     notes: Sequence[str] = ()
     classes: Sequence[ClassRow] = ()  # per label, when the training set has labels
     class_threshold: float | None = None
+    evidence: EvidencePanel | None = None  # nearest-neighbour evidence of the top flagged samples

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from app.reports import svg
+from app.reports.evidence import EVIDENCE_STYLE, render_evidence
 from app.reports.images import png_data_uri
 from app.reports.model import (
     CopiedSample,
@@ -54,6 +55,7 @@ def render_report(data: ReportData) -> str:
         _histogram_section(data),
         _classes_section(data),
         _top_section(data.top),
+        render_evidence(data.evidence),
         _rho_section(data),
         _epochs_section(data),
         _gan_section(data.gan),
@@ -67,7 +69,7 @@ def render_report(data: ReportData) -> str:
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>{escape(data.title)}</title><style>{STYLE}</style></head>"
+        f"<title>{escape(data.title)}</title><style>{STYLE}{EVIDENCE_STYLE}</style></head>"
         f"<body><main>{header}{notes}{''.join(s for s in sections if s)}</main></body></html>\n"
     )
 

@@ -7,12 +7,14 @@ The generators open their own session: a streamed body outlives the request's se
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import select
 
-from app.db import Job, JobSample, SampleScore, get_sessionmaker
+from app.db import Job, SampleScore, get_sessionmaker
+from app.services.job_samples import sample_text
 
 BATCH_ROWS = 20_000  # rows per DB fetch, CSV chunk and Parquet row group
 COLUMNS = ("sample_id", "key", "label", "rank", "score", "log_p_in", "log_p_out", "n_in", "n_out", "rho",
@@ -24,12 +26,15 @@ MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apa
 Row = Sequence[Any]
 
 
+def export_query(job_id: str) -> Any:
+    """Every row of a job in ``COLUMNS`` order, by sample id."""
+    columns = [sample_text(name) if name in _TEXT_COLUMNS else getattr(SampleScore, name) for name in COLUMNS]
+    return select(*columns).where(SampleScore.job_id == job_id).order_by(SampleScore.sample_id)
+
+
 def score_batches(job_id: str, batch_rows: int = BATCH_ROWS) -> Iterator[Sequence[Row]]:
     """(sample_id order) batches of rows; on PostgreSQL a server-side cursor, never the whole table."""
-    columns = [getattr(JobSample if name in _TEXT_COLUMNS else SampleScore, name) for name in COLUMNS]
-    joined = and_(JobSample.job_id == SampleScore.job_id, JobSample.sample_id == SampleScore.sample_id)
-    query = (select(*columns).outerjoin(JobSample, joined).where(SampleScore.job_id == job_id)
-             .order_by(SampleScore.sample_id).execution_options(yield_per=batch_rows))
+    query = export_query(job_id).execution_options(yield_per=batch_rows)
     with get_sessionmaker()() as session:
         result = session.execute(query)
         yield from result.partitions()
@@ -97,6 +102,9 @@ def parquet_schema(job: Job | None = None) -> Any:
     if job is not None:  # the file says which audit it came from
         metadata = {"memaudit.job_id": job.id, "memaudit.kind": job.kind,
                     "memaudit.provisional": str(bool(job.scores_provisional)).lower()}
+        block = (job.summary or {}).get("provenance")
+        if block is not None:  # app.provenance; `memaudit diff` reads it from here
+            metadata["memaudit.provenance"] = json.dumps(block, sort_keys=True)
     return pa.schema(fields, metadata=metadata)
 
 

@@ -134,6 +134,17 @@ def get_job(session: Session, owner: str, job_id: str) -> Job:
     return job
 
 
+def job_provenance(session: Session, owner: str, job_id: str) -> dict[str, Any]:
+    """The provenance block of a finished job (app.provenance): 404 until the finishing step wrote it."""
+    job = get_job(session, owner, job_id)
+    block = (job.summary or {}).get("provenance")
+    if not isinstance(block, dict):
+        succeeded = job.state == JobState.SUCCEEDED
+        why = "not recorded for this job" if succeeded else "written when the job succeeds"
+        raise NotFound("job_id", f"job {job_id!r} has no provenance yet ({why})")
+    return block
+
+
 def list_jobs(session: Session, owner: str, limit: int, offset: int, state: JobState | None) -> list[Job]:
     query = select(Job).where(Job.owner == owner)
     if state is not None:

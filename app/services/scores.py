@@ -15,10 +15,11 @@ from typing import Any, Literal, NamedTuple
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
-from app.db import Job, JobSample, SampleScore, is_postgres
+from app.db import Job, SampleScore, is_postgres
 from app.lifecycle import JobState
 from app.services import patterns
 from app.services.errors import Invalid, NotFound
+from app.services.job_samples import sample_text
 
 SortOrder = Literal["score_desc", "score_asc", "sample_id"]
 Cursor = tuple[float | None, int]
@@ -37,8 +38,7 @@ class ScoredSample(NamedTuple):
 
 
 def _scored() -> Any:  # a Select of (SampleScore, key, label)
-    joined = and_(JobSample.job_id == SampleScore.job_id, JobSample.sample_id == SampleScore.sample_id)
-    return select(SampleScore, JobSample.key, JobSample.label).outerjoin(JobSample, joined)
+    return select(SampleScore, sample_text("key"), sample_text("label"))
 
 
 def _scored_rows(session: Session, query: Any) -> list[ScoredSample]:
@@ -65,9 +65,12 @@ def _ascending(session: Session) -> list[ColumnElement[Any]]:
     return [score.nulls_first() if is_postgres(session) else score, SampleScore.sample_id.desc()]
 
 
+def top_query(session: Session, job_id: str, top: int) -> Any:
+    return _scored().where(SampleScore.job_id == job_id).order_by(*_descending(session)).limit(top)
+
+
 def top_scores(session: Session, job_id: str, top: int) -> list[ScoredSample]:
-    query = _scored().where(SampleScore.job_id == job_id).order_by(*_descending(session))
-    return _scored_rows(session, query.limit(top))
+    return _scored_rows(session, top_query(session, job_id, top))
 
 
 def encode_cursor(row: SampleScore) -> str:

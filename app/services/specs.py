@@ -50,6 +50,7 @@ SCHEMA_RULES: dict[str, dict[str, dict[str, Any]]] = {
         "models_per_unit": {"minimum": 1},
         "is_chunk_bytes": {"minimum": 1, "maximum": MAX_IS_CHUNK_BYTES},
         "n_generated": {"minimum": 0},
+        "stop_when_stable": {"exclusiveMinimum": 0, "maximum": 1},
     },
     "MrganSpec": {
         "taus": {"items": {"minimum": 0, "maximum": 2}},

@@ -155,7 +155,18 @@ def test_export_mlflow_logs_params_metrics_and_artifacts(
     history = MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "epoch_M_q0.95")
     assert sorted(m.step for m in history) == [1, 2]
     artifacts = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run.info.run_id)}
-    assert artifacts == {"report.html", "scores.parquet"}
+    assert artifacts == {"report.html", "scores.parquet", "provenance.json"}
+    provenance = finished_job["summary"]["provenance"]
+    dataset = provenance["inputs"]["dataset"]
+    assert run.data.params["provenance.inputs.dataset.file_sha256"] == dataset["file_sha256"]
+    assert run.data.params["provenance.inputs.heldout.content_sha256"] == provenance["inputs"]["heldout"][
+        "content_sha256"]
+    assert run.data.params["provenance.software.torch"] == provenance["software"]["torch"]
+    assert run.data.params["provenance.seeds.audit.seed"] == "3"
+    assert run.data.tags["memaudit.revision"] == str(provenance["software"]["revision"])
+    logged = json.loads(Path(MlflowClient(tracking_uri=uri).download_artifacts(
+        run.info.run_id, "provenance.json", str(tmp_path))).read_text())
+    assert logged == provenance
     per_class = {row["label"]: row for row in finished_job["summary"]["per_class"]}
     assert set(per_class) == set(TRAIN_LABELS)
     assert run.data.metrics["class.odd.count"] == per_class["odd"]["count"] == N_TRAIN // 3
@@ -232,3 +243,16 @@ def test_status_draws_a_progress_bar_on_a_terminal(
     text = output.decode(errors="replace")
     assert "100%|" in text and "█" in text, text  # tqdm's bar, drawn only because stderr is a TTY
     assert f"{finished_job['id']}  succeeded" in text
+
+
+def test_diff_compares_a_served_job_with_a_saved_one(
+    live_server: LiveServer, finished_job: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = tmp_path / "job.json"
+    changed = json.loads(json.dumps(finished_job))
+    changed["summary"]["provenance"]["config"]["training"]["epochs"] = 3
+    saved.write_text(json.dumps(changed))
+    code, out, _ = _cli(live_server, capsys, "diff", f"job:{finished_job['id']}", str(saved))
+    assert code == 1 and out.strip().splitlines() == ["config.training.epochs: 2 -> 3"]
+    code, _, err = _cli(live_server, capsys, "diff", "job:no-such-job", str(saved))
+    assert code == 2 and "job:no-such-job" in err and "404" in err

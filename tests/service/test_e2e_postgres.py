@@ -7,14 +7,22 @@ pagination; sample detail and image.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import torch
 
 from app.lifecycle import JobState
+from app.provenance import content_sha256
 from models.audit import run_audit
 from models.config import AuditConfig, ModelConfig, TrainConfig
+from models.data import load_dataset
 from models.imageset import image_set_from_array
 from tests.service.conftest import ALICE, BOB, bearer
 from tests.service.harness import Stack
@@ -237,3 +245,38 @@ def test_cancel_a_running_job(pg_stack: Stack, dataset_id: str) -> None:
     assert job["progress"]["units_done"] < job["progress"]["units_total"]
     again = pg_stack.client.post(f"{created['url']}/cancel", headers=AS_ALICE)
     assert again.status_code == 409
+
+
+def test_provenance_of_a_service_job(pg_stack: Stack, finished_job: dict[str, Any], images: np.ndarray,
+                                     tmp_path: Path) -> None:  # fmt: skip
+    block = finished_job["summary"]["provenance"]
+    served = pg_stack.client.get(f"/jobs/{finished_job['id']}/provenance", headers=AS_ALICE)
+    assert served.status_code == 200 and served.json() == block
+    upload = npz_bytes(images)
+    (tmp_path / "train.npz").write_bytes(upload)
+    dataset = block["inputs"]["dataset"]
+    assert dataset["file_sha256"] == hashlib.sha256(upload).hexdigest()
+    assert dataset["content_sha256"] == content_sha256(load_dataset(tmp_path / "train.npz").pixels)
+    assert dataset["count"] == N_SAMPLES and dataset["source"].startswith("upload:")
+    assert block["software"]["torch"] == torch.__version__
+    assert block["config"]["audit"]["folds"] == finished_job["spec"]["audit"]["folds"]
+    assert "audit.seed" in block["seeds"]
+    assert [unit["index"] for unit in block["units"]] == [0, 1, 2]
+    for unit in block["units"]:
+        assert unit["device"] == "cpu" and unit["precision"] and unit["seconds"] > 0, unit
+    assert block["phases"]["finish_seconds"] > 0 and block["phases"]["units_wall_seconds"] > 0
+    parquet = pg_stack.client.get(f"/jobs/{finished_job['id']}/scores.parquet", headers=AS_ALICE)
+    metadata = pq.read_schema(io.BytesIO(parquet.content)).metadata
+    assert json.loads(metadata[b"memaudit.provenance"]) == block
+    csv_export = pg_stack.client.get(f"/jobs/{finished_job['id']}/scores.csv", headers=AS_ALICE)
+    assert csv_export.headers["Link"] == f'</jobs/{finished_job["id"]}/provenance>; rel="describedby"'
+
+
+def test_provenance_waits_for_the_finishing_step(pg_stack: Stack, dataset_id: str) -> None:
+    job = pg_stack.client.post("/jobs", json=tiny_job({"id": dataset_id}), headers=AS_ALICE).json()
+    early = pg_stack.client.get(f"/jobs/{job['id']}/provenance", headers=AS_ALICE)
+    if pg_stack.client.get(f"/jobs/{job['id']}", headers=AS_ALICE).json()["state"] != JobState.SUCCEEDED:
+        assert early.status_code == 404 and "written when the job succeeds" in early.text, early.text
+    pg_stack.client.post(f"/jobs/{job['id']}/cancel", headers=AS_ALICE)
+    pg_stack.wait_for_state(f"/jobs/{job['id']}", headers=AS_ALICE)
+    assert pg_stack.client.get("/jobs/nope/provenance", headers=AS_ALICE).status_code == 404

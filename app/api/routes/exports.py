@@ -19,8 +19,9 @@ NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"description": "no such j
 
 
 def _attachment(job_id: str, suffix: str) -> dict[str, str]:
+    # A CSV cannot carry the nested provenance block without breaking its readers: it links to it.
     return {"Content-Disposition": f'attachment; filename="memaudit-{job_id}-scores.{suffix}"',
-            "Cache-Control": "no-store"}
+            "Cache-Control": "no-store", "Link": f'</jobs/{job_id}/provenance>; rel="describedby"'}
 
 
 @router.get("/jobs/{job_id}/scores.csv", operation_id="export_scores_csv", response_class=StreamingResponse,

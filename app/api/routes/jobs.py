@@ -1,4 +1,4 @@
-"""POST /jobs, GET /jobs, GET /jobs/{job_id}, POST /jobs/{job_id}/cancel."""
+"""POST /jobs, GET /jobs, GET /jobs/{job_id}, GET /jobs/{job_id}/provenance, POST /jobs/{job_id}/cancel."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.presenters import job_out, job_url
-from app.api.schemas import JobList, JobOut
+from app.api.schemas import JobList, JobOut, ProvenanceOut
 from app.lifecycle import JobState
 from app.services import jobs as service
 from app.services.specs import JobCreate
@@ -56,6 +56,13 @@ def list_jobs(
             responses={404: {"description": "no such job for this key"}})
 def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobOut:
     return job_out(session, service.get_job(session, owner, job_id))
+
+
+@router.get("/{job_id}/provenance", operation_id="get_job_provenance", response_model=ProvenanceOut,
+            response_model_by_alias=True, response_model_exclude_unset=True,
+            responses={404: {"description": "no such job, or it has not succeeded yet"}})
+def get_job_provenance(job_id: str, session: SessionDep, owner: OwnerDep) -> ProvenanceOut:
+    return ProvenanceOut.model_validate(service.job_provenance(session, owner, job_id))
 
 
 @router.post("/{job_id}/cancel", operation_id="cancel_job", response_model=JobOut,

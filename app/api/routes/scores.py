@@ -1,4 +1,5 @@
-"""GET /scores?top=, GET /jobs/{job_id}/scores (keyset pages), one sample and its image."""
+"""GET /scores?top=, GET /jobs/{job_id}/scores (keyset pages), one sample, its image and its neighbours;
+images of generated samples and held-out images."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from fastapi import APIRouter, Path, Query, Response
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.presenters import score_out
-from app.api.schemas import SampleOut, ScorePage, TopScores
+from app.api.schemas import NeighbourOut, SampleNeighboursOut, SampleOut, ScorePage, TopScores
 from app.db import Job
+from app.services import evidence as evidence_service
 from app.services import jobs as job_service
 from app.services import sample_images
 from app.services import scores as service
@@ -84,3 +86,52 @@ def get_sample_image(
 ) -> Response:
     png = sample_images.sample_png(session, settings, owner, job_id, sample_id)
     return Response(content=png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/jobs/{job_id}/samples/{sample_id}/neighbours", operation_id="get_sample_neighbours",
+            response_model=SampleNeighboursOut,
+            responses={404: {"description": "no such job or sample, job not succeeded, no evidence, or the "
+                                            "sample is not flagged"}})
+def get_sample_neighbours(job_id: JobIdPath, sample_id: SampleIdPath, session: SessionDep, owner: OwnerDep,
+                          settings: SettingsDep) -> SampleNeighboursOut:  # fmt: skip
+    found = evidence_service.sample_neighbours(session, settings, owner, job_id, sample_id)
+    return SampleNeighboursOut(
+        job_id=found.job_id, sample_id=found.sample_id, key=found.key, label=found.label,
+        image_url=_image_url(found.job_id, "train", found.sample_id), flagged_rank=found.flagged_rank,
+        space=found.space, metric="euclidean", train=[_neighbour(found.job_id, item) for item in found.train],
+        heldout=None if found.heldout is None else _neighbour(found.job_id, found.heldout),
+        generated=None if found.generated is None else _neighbour(found.job_id, found.generated),
+        copies=[_neighbour(found.job_id, item) for item in found.copies], copies_space=found.copies_space,
+        copy_threshold=found.copy_threshold,
+    )  # fmt: skip
+
+
+def _image_url(job_id: str, role: str, index: int) -> str:
+    folder = {"train": "samples", "heldout": "heldout", "generated": "generated"}[role]
+    return f"/jobs/{job_id}/{folder}/{index}/image.png"
+
+
+def _neighbour(job_id: str, item: evidence_service.NeighbourItem) -> NeighbourOut:
+    return NeighbourOut(role=item.role, index=item.index, key=item.key, label=item.label,  # type: ignore[arg-type]
+                        distance=item.distance, image_url=_image_url(job_id, item.role, item.index))
+
+
+def _png(content: bytes) -> Response:
+    headers = {"Cache-Control": "private, max-age=3600"}
+    return Response(content=content, media_type="image/png", headers=headers)
+
+
+@router.get("/jobs/{job_id}/generated/{index}/image.png", operation_id="get_generated_image",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}, 404: {}})
+def get_generated_image(job_id: JobIdPath, index: SampleIdPath, session: SessionDep, owner: OwnerDep,
+                        settings: SettingsDep) -> Response:  # fmt: skip
+    """A generated sample: a GAN job's scoring unit's images, a VAE job's fold-model samples."""
+    return _png(evidence_service.generated_png(session, settings, owner, job_id, index))
+
+
+@router.get("/jobs/{job_id}/heldout/{index}/image.png", operation_id="get_heldout_image",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}, 404: {}})
+def get_heldout_image(job_id: JobIdPath, index: SampleIdPath, session: SessionDep, owner: OwnerDep,
+                      settings: SettingsDep) -> Response:  # fmt: skip
+    """One image of the job's held-out set."""
+    return _png(evidence_service.heldout_png(session, settings, owner, job_id, index))
