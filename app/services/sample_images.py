@@ -51,57 +51,59 @@ from models.formats.store import IMAGES, is_store
 from models.imageset import DataError
 
 FIELD = "dataset"
+FACTS_OF = {"dataset": "train", "heldout": "heldout"}  # the job's spec key -> its spec["facts"] key
 
 
 def pixel_file(settings: Settings, identity: str) -> Path:
     return settings.stores_dir / "pixels" / f"{hashlib.sha256(identity.encode()).hexdigest()[:40]}.npy"
 
 
-def _plain_array(spec: dict[str, Any], session: Session, settings: Settings, owner: str) -> Path | None:
+def _plain_array(spec: dict[str, Any], session: Session, settings: Settings, owner: str,
+                 field: str = FIELD) -> Path | None:  # fmt: skip
     """The .npy / .npz file a spec names when it is read as a plain array (no store), else None."""
     if conversion_of(spec).active or "builtin" in spec:
         return None
     if "id" in spec:
-        row = get_dataset(session, owner, spec["id"], field=f"{FIELD}.id")
+        row = get_dataset(session, owner, spec["id"], field=f"{field}.id")
         return uploaded_file(row, settings) if is_array_upload(row) else None
-    paths = data_root_paths(spec["path"], settings, f"{FIELD}.path")
+    paths = data_root_paths(spec["path"], settings, f"{field}.path")
     is_array = len(paths) == 1 and paths[0].is_file() and (
         spec.get("format") == "array" or paths[0].suffix.lower() in (".npy", ".npz"))  # fmt: skip
     return paths[0] if is_array else None
 
 
-def _chunks_of(spec: dict[str, Any], array_file: Path | None,
-               settings: Settings) -> tuple[tuple[int, ...], Iterator[np.ndarray]]:  # fmt: skip
+def _chunks_of(spec: dict[str, Any], array_file: Path | None, settings: Settings,
+               field: str) -> tuple[tuple[int, ...], Iterator[np.ndarray]]:  # fmt: skip
     if array_file is None:
-        return builtin_image_chunks(spec["builtin"], field=f"{FIELD}.builtin")
-    return npz_image_chunks(array_file, max_bytes=settings.max_uncompressed_bytes, field=FIELD)
+        return builtin_image_chunks(spec["builtin"], field=f"{field}.builtin")
+    return npz_image_chunks(array_file, max_bytes=settings.max_uncompressed_bytes, field=field)
 
 
-def image_rows(spec: dict[str, Any], identity: str, session: Session, settings: Settings,
-               owner: str) -> np.ndarray:  # fmt: skip
+def image_rows(spec: dict[str, Any], identity: str, session: Session, settings: Settings, owner: str,
+               field: str = FIELD) -> np.ndarray:  # fmt: skip
     """The dataset's images as a memory map (N, H, W) or (N, H, W, C), any accepted element type; the
     pixel file is written first when the dataset needs one and has none yet."""
     try:
         store = store_dir(settings, identity, {})
         if is_store(store):
-            return map_npy(store / IMAGES, FIELD)
-        array_file = _plain_array(spec, session, settings, owner)
+            return map_npy(store / IMAGES, field)
+        array_file = _plain_array(spec, session, settings, owner, field)
         if array_file is not None and array_file.suffix.lower() == ".npy":
-            return map_npy(array_file, FIELD)
+            return map_npy(array_file, field)
         plain_builtin = "builtin" in spec and not conversion_of(spec).active
         if array_file is None and not plain_builtin:  # a format or a conversion: its store, made now
-            converted = dataset_store_of(spec, session, settings, owner, FIELD)
+            converted = dataset_store_of(spec, session, settings, owner, field)
             if converted is None:
-                raise NotFound(FIELD, "this dataset has no images to show")
-            return map_npy(converted / IMAGES, FIELD)
+                raise NotFound(field, "this dataset has no images to show")
+            return map_npy(converted / IMAGES, field)
         target = pixel_file(settings, identity)
         if not target.is_file():
-            shape, chunks = _chunks_of(spec, array_file, settings)
+            shape, chunks = _chunks_of(spec, array_file, settings, field)
             write_pixel_file(target, shape, chunks)
-            if "path" in spec and dataset_identity(spec, session, settings, owner, FIELD) != identity:
+            if "path" in spec and dataset_identity(spec, session, settings, owner, field) != identity:
                 target.unlink(missing_ok=True)  # replaced while it was read: the copy may mix two files
-                raise NotFound(f"{FIELD}.path", "the file changed while it was read; try again")
-        return map_npy(target, FIELD)
+                raise NotFound(f"{field}.path", "the file changed while it was read; try again")
+        return map_npy(target, field)
     except DataError as error:
         raise as_service_error(error) from None
 
@@ -116,38 +118,45 @@ def prepare_sample_images(job: Job, session: Session, settings: Settings) -> Non
         image_rows(spec, identity, session, settings, job.owner)
 
 
-def _snapshot(settings: Settings, identity: str) -> np.ndarray | None:
-    """The store or pixel file made from exactly the content ``identity`` names, if one exists: a copy of
-    the job's images that no later change to the source can alter."""
+def _snapshot(settings: Settings, identity: str, field: str) -> np.ndarray | None:
+    """A store, pixel file or display copy (app/services/records.py, kept by the finishing step) made from
+    exactly the content ``identity`` names, if one exists: a copy of the job's images that no later change
+    to the source can alter."""
+    from app.services.records import records_file  # records reads through this module
+
     try:
         store = store_dir(settings, identity, {})
         if is_store(store):
-            return map_npy(store / IMAGES, FIELD)
-        pixels = pixel_file(settings, identity)
-        return map_npy(pixels, FIELD) if pixels.is_file() else None
+            return map_npy(store / IMAGES, field)
+        for copy in (pixel_file(settings, identity), records_file(settings, identity)):
+            if copy.is_file():
+                return map_npy(copy, field)
+        return None
     except DataError as error:
         raise as_service_error(error) from None
 
 
-def _checked_rows(job: Job, session: Session, settings: Settings) -> np.ndarray:
-    spec, recorded = job.spec["dataset"], job.spec.get("facts", {}).get("train", {})
+def job_rows(job: Job, session: Session, settings: Settings, field: str = FIELD) -> np.ndarray:
+    """The images of the job's ``field`` ("dataset" or "heldout") as a memory map (N, H, W) or
+    (N, H, W, C): the content the job was validated for, else NotFound saying they are no longer there."""
+    spec, recorded = job.spec[field], job.spec.get("facts", {}).get(FACTS_OF[field], {})
     expected = recorded.get("identity")
     # The job's own content, converted before: no need to identify the source again (a 60k-file folder
     # takes over a second to walk).
-    rows = None if expected is None else _snapshot(settings, expected)
+    rows = None if expected is None else _snapshot(settings, expected, field)
     if rows is None:
-        identity = dataset_identity(spec, session, settings, job.owner, FIELD)
+        identity = dataset_identity(spec, session, settings, job.owner, field)
         if expected is not None and expected != identity:
-            raise NotFound("sample_id", f"the images of job {job.id} are no longer available: the dataset "
-                                        "changed after the job was submitted")  # fmt: skip
-        rows = image_rows(spec, identity, session, settings, job.owner)
+            raise NotFound(field, f"the images of job {job.id} are no longer available: the dataset "
+                                  "changed after the job was submitted")  # fmt: skip
+        rows = image_rows(spec, identity, session, settings, job.owner, field)
     count, shape = recorded.get("count"), recorded.get("image_shape")
     channels = 1 if rows.ndim == 3 else int(rows.shape[3])
     if (count is not None and count != rows.shape[0]) or (
         isinstance(shape, list) and shape != [channels, int(rows.shape[1]), int(rows.shape[2])]
     ):
-        raise NotFound("sample_id", f"the images of job {job.id} are no longer available: the dataset now "
-                                    f"holds {rows.shape[0]} images of {list(rows.shape[1:])}")  # fmt: skip
+        raise NotFound(field, f"the images of job {job.id} are no longer available: the dataset now "
+                              f"holds {rows.shape[0]} images of {list(rows.shape[1:])}")  # fmt: skip
     return rows
 
 
@@ -157,7 +166,7 @@ def sample_png(session: Session, settings: Settings, owner: str, job_id: str, sa
     job = get_job(session, owner, job_id)
     if not 0 <= sample_id < job.n_samples:
         raise NotFound("sample_id", f"job {job_id} has samples 0..{job.n_samples - 1}")
-    pixels = display_image(_checked_rows(job, session, settings)[sample_id])  # (H, W) or (H, W, 3) uint8
+    pixels = display_image(job_rows(job, session, settings)[sample_id])  # (H, W) or (H, W, 3) uint8
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -182,3 +182,33 @@ def builtin_image_chunks(spec: str, *, field: str) -> tuple[tuple[int, ...], Ite
         raise DataError(field, f"fashion-mnist has splits train and test, not {split!r}")
     path = _find_idx(FASHION_MNIST_DIR, FASHION_MNIST_FILES[split][0], field)
     return idx_image_chunks(path, pad=2 if "pad32" in options else 0, field=field)
+
+
+def map_npz_member(path: Path, name: str, field: str) -> np.ndarray | None:
+    """Member ``name`` of an .npz written by ``numpy.savez`` (stored, not compressed) as a read-only
+    memory map; None when the archive has no such member or it is compressed (read it as usual then)."""
+    import struct
+
+    from models.data_files import _read_header
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = next((i for i in archive.infolist() if i.filename == f"{name}.npy"), None)
+            if info is None or info.compress_type != zipfile.ZIP_STORED:
+                return None
+        with path.open("rb") as stream:
+            stream.seek(info.header_offset)
+            local = stream.read(30)  # the local file header: its name and extra field lengths at 26..30
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                raise DataError(field, f"{path.name}: {name}.npy has no valid zip header")
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            start = info.header_offset + 30 + name_length + extra_length
+            stream.seek(start)
+            shape, fortran_order, dtype = _read_header(stream, field, f"{path.name}:{name}.npy")
+            data_offset = stream.tell()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DataError(field, f"{path.name}: not a readable .npz ({error})") from error
+    if dtype.hasobject:
+        raise DataError(field, f"{path.name}: {name}.npy holds objects")
+    return np.memmap(path, dtype=dtype, mode="r", offset=data_offset, shape=tuple(shape),
+                     order="F" if fortran_order else "C")  # fmt: skip
