@@ -213,7 +213,9 @@ class JobSample(Base):
 
 # Top-k by score for one job is a range scan of this index, no sort. NULL (= non-finite score)
 # sorts last: SQLite puts NULL lowest already; the migration adds NULLS LAST on PostgreSQL
-# (SQLite rejects that clause in an index), and queries use score_order() to match.
+# (SQLite rejects that clause in an index), and queries use score_order() to match. On PostgreSQL
+# (revision 0008) the table is partitioned by job, this index is (score DESC NULLS LAST, sample_id) per
+# job partition and there is no foreign key to jobs (app/services/score_partitions.py).
 Index("ix_sample_scores_job_score", SampleScore.job_id, SampleScore.score.desc(), SampleScore.sample_id)
 
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from models.neighbours import DEFAULT_BLOCK_BYTES, nearest, nearest_k
+if TYPE_CHECKING:
+    import torch
+
+# torch (through models.neighbours) is imported where the search runs, not with this module: the API
+# reads stored evidence (load_evidence) and must not pay torch's import and memory for it.
 
 FORMAT = 1
 
@@ -68,6 +72,8 @@ def flagged_samples(score: np.ndarray, config: EvidenceConfig = EvidenceConfig()
 
 def _as_features(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """(N, ...) images or features -> (N, D) float32; uint8 levels become intensities in [0, 1]."""
+    import torch
+
     if isinstance(images, np.ndarray) and not images.flags.writeable:  # e.g. a read-only cached view
         images = images.copy()
     tensor = torch.as_tensor(images)
@@ -97,6 +103,8 @@ def copies_of(
 
 def _nearest_in(queries: torch.Tensor, references: torch.Tensor | np.ndarray | None,
                 block_bytes: int) -> tuple[np.ndarray | None, np.ndarray | None]:  # fmt: skip
+    from models.neighbours import nearest
+
     if references is None or len(references) == 0:
         return None, None
     found = nearest(queries, _as_features(references), metric="euclidean", block_bytes=block_bytes)
@@ -111,10 +119,16 @@ def compute_evidence(
     generated: torch.Tensor | np.ndarray | None = None,
     config: EvidenceConfig = EvidenceConfig(),
     space: str = "pixels",
-    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    block_bytes: int | None = None,
 ) -> Evidence:
     """Evidence for the flagged samples of ``score`` (N,): train (N, ...) images or features (uint8 levels
-    or floats), held-out (n, ...) and generated (m, ...) in the same space; Euclidean distances."""
+    or floats), held-out (n, ...) and generated (m, ...) in the same space; Euclidean distances.
+    ``block_bytes`` defaults to models.neighbours.DEFAULT_BLOCK_BYTES."""
+    import torch
+
+    from models.neighbours import DEFAULT_BLOCK_BYTES, nearest_k
+
+    block_bytes = DEFAULT_BLOCK_BYTES if block_bytes is None else block_bytes
     flagged = flagged_samples(score, config)
     references = _as_features(train)  # (N, D)
     queries = references[torch.from_numpy(flagged)]  # (F, D)

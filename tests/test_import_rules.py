@@ -96,3 +96,15 @@ def test_the_rule_sees_function_level_dynamic_and_relative_imports(
     module.parent.mkdir(parents=True)
     module.write_text(source)
     assert expected in {name for _, name in imported_names(module, tmp_path)}
+
+
+def test_the_api_process_starts_without_torch() -> None:
+    """The API serves stored results: importing torch would cost it about 180 MiB of memory and a second
+    of start-up (models.evidence imports it only where neighbours are searched, in the worker)."""
+    import subprocess
+
+    probe = "import sys; from app.api.main import create_app; create_app(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False", "the API imported torch"

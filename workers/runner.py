@@ -29,6 +29,7 @@ from app.lifecycle import JOB_TERMINAL, UNIT_COMPLETE, JobState, UnitState, guar
 from app.services.data_identity import ImageSetCache, load_recorded
 from app.services.errors import ServiceError
 from app.services.job_samples import add_job_samples, job_labels
+from app.services.sample_images import prepare_sample_images
 from app.services.score_writer import write_scores
 from app.services.specs import JobConfigs, build_configs
 from app.services.tau_counts import write_tau_counts
@@ -134,7 +135,17 @@ def _create_units(session: Session, job: Job) -> list[Unit]:
         session.commit()
     except IntegrityError:
         session.rollback()  # a twin plan_job inserted them first; theirs are identical
+    _prepare_images(session, job)
     return _units(session, job.id)
+
+
+def _prepare_images(session: Session, job: Job) -> None:
+    """Write the image route's pixel file now (a built-in, an .npz), so the API maps it instead of
+    converting the set on the first image request; best effort: the API writes it when it is missing."""
+    try:
+        prepare_sample_images(job, session, get_settings())
+    except (ServiceError, OSError, ValueError) as error:
+        log.warning("job %s: sample images not prepared: %s", job.id, error)
 
 
 def _prepare_mrgan(session: Session, job: Job, device: torch.device) -> bool:

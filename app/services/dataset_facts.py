@@ -3,8 +3,8 @@ loading pixels where the facts were recorded already.
 
 Uploaded datasets (``{"id"}``) are described by their `datasets` row, written when the upload was
 validated: POST /jobs never reads an uploaded file (except once for a float upload recorded before
-revision 0002, whose 8-bit flag is then written back). Built-ins are loaded once per process and
-their facts cached; ``{"path"}`` files are loaded, as the file may change between requests.
+revision 0002, whose 8-bit flag is then written back). Built-ins are scanned chunk by chunk once per
+process and their facts cached; ``{"path"}`` files are loaded, as the file may change between requests.
 Workers still load the arrays themselves (they need the pixels). The facts carry the dataset's content
 identity (app.services.data_identity), which workers check before they train.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from app.db import Dataset
@@ -31,7 +32,8 @@ from app.services.datasets import (
 )
 from app.services.errors import Invalid, NotFound
 from app.settings import Settings
-from models.builtin_datasets import BUILTIN_NAMES, is_builtin, load_builtin
+from models.builtin_datasets import BUILTIN_NAMES, is_builtin
+from models.formats.records import builtin_image_chunks
 from models.imageset import DataError, ImageSet, SourceKind, check_likelihood_facts
 
 _BUILTIN_FIELD = "builtin"  # replaced by the caller's field when loading fails (errors are not cached)
@@ -51,8 +53,8 @@ class DatasetFacts:
 
     @classmethod
     def of_images(cls, images: ImageSet) -> DatasetFacts:
-        return cls(count=images.count, image_shape=images.image_shape, min=float(images.images.min()),
-                   max=float(images.images.max()), source_kind=images.source_kind,
+        return cls(count=images.count, image_shape=images.image_shape, min=images.min_intensity,
+                   max=images.max_intensity, source_kind=images.source_kind,
                    is_8bit=images.is_8bit)  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
@@ -136,4 +138,12 @@ def builtin_facts_for(name: str, field: str) -> DatasetFacts:
 
 @lru_cache(maxsize=16)
 def _builtin_facts(name: str) -> DatasetFacts:
-    return DatasetFacts.of_images(load_builtin(name, field=_BUILTIN_FIELD))
+    """Scanned chunk by chunk from the built-in's files: the API never holds the whole set."""
+    shape, chunks = builtin_image_chunks(name, field=_BUILTIN_FIELD)
+    low, high = 255, 0
+    for chunk in chunks:
+        low, high = min(low, int(chunk.min())), max(high, int(chunk.max()))
+    return DatasetFacts(count=int(shape[0]), image_shape=image_shape_of(list(shape)),
+                        min=float(np.float32(low) / np.float32(255.0)),
+                        max=float(np.float32(high) / np.float32(255.0)), source_kind="uint8",
+                        is_8bit=True)  # fmt: skip

@@ -136,6 +136,22 @@ def _scoring_unit(job: Job) -> int:
     return int((job.summary or {}).get("scores_from_unit", 0) or 0)
 
 
+def _generated_member(path: Path) -> np.ndarray | None:
+    """A GAN unit's generated images: memory-mapped (units are written by numpy.savez, uncompressed), so a
+    request reads its records only; read whole only from a compressed archive."""
+    from models.formats.records import map_npz_member
+    from models.imageset import DataError
+
+    try:
+        mapped = map_npz_member(path, "generated", "index")
+    except DataError as error:
+        raise NotFound("index", error.message) from None
+    if mapped is not None:
+        return mapped
+    with np.load(path, allow_pickle=False) as data:
+        return data["generated"] if "generated" in data.files else None
+
+
 def generated_images(settings: Settings, job: Job, ids: list[int]) -> dict[int, np.ndarray]:
     """Generated samples ``ids`` as uint8 (H, W) or (H, W, 3): the scoring unit's images for GAN jobs,
     the fold models' pooled samples (memory-mapped) for VAE jobs; missing ids are left out."""
@@ -144,10 +160,9 @@ def generated_images(settings: Settings, job: Job, ids: list[int]) -> dict[int, 
         path = folder / f"unit-{_scoring_unit(job):04d}.npz"
         if not path.is_file():
             return {}
-        with np.load(path, allow_pickle=False) as data:
-            if "generated" not in data.files:
-                return {}
-            images = data["generated"]  # (m, C, H, W) uint8 (float in [0, 1] from older artifacts)
+        images = _generated_member(path)  # (m, C, H, W) uint8 (float in [0, 1] from older artifacts)
+        if images is None:
+            return {}
     else:
         path = folder / GENERATED_FILE
         if not path.is_file():
@@ -185,8 +200,8 @@ def _generated_count(settings: Settings, job: Job) -> int:
         path = folder / f"unit-{_scoring_unit(job):04d}.npz"
         if not path.is_file():
             return 0
-        with np.load(path, allow_pickle=False) as data:
-            return int(data["generated"].shape[0]) if "generated" in data.files else 0
+        images = _generated_member(path)
+        return 0 if images is None else int(images.shape[0])
     path = folder / GENERATED_FILE
     return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0]) if path.is_file() else 0
 

@@ -1,12 +1,11 @@
-"""A few images of a job's training or held-out set, read record by record where the data allows it.
+"""A few images of a job's training or held-out set, read record by record (never the whole set).
 
-Datasets with a canonical uint8 store (app/services/dataset_store.py) are memory-mapped, so reading k
-images touches k records and nothing else (the store of the recorded identity is found without opening the
-source). Plain arrays (.npy / .npz uploads, built-ins) have no store; the
-finishing step, which has them loaded anyway, keeps a uint8 copy for display under
-``<data_dir>/stores/records/``, named by the content identity the job recorded (so it is the job's content
-even if the source changes later). Without either, the set is loaded once and kept in a small cache, and
-must still be what the job was validated for, otherwise NotFound names the field.
+Reading goes through app/services/sample_images.py: a canonical store, a plain .npy, a pixel file or the
+display copy below, each memory-mapped, so reading k images touches k records. Plain arrays (.npy / .npz
+uploads, built-ins) have no store; the finishing step, which has them loaded anyway, keeps a uint8 copy for
+display under ``<data_dir>/stores/records/``, named by the content identity the job recorded (so it is the
+job's content even if the source changes later). Images must still be what the job was validated for,
+otherwise NotFound names the field. Nothing is cached in the API process.
 """
 
 from __future__ import annotations
@@ -21,13 +20,11 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.db import Job
-from app.services.data_identity import ImageSetCache, dataset_identity, load_recorded
-from app.services.errors import Invalid, NotFound
 from app.settings import Settings
+from models.formats.records import display_image
 from models.imageset import ImageSet
 
 FACTS_OF = {"dataset": "train", "heldout": "heldout"}
-_CACHE = ImageSetCache(capacity=4)
 
 
 def _hwc(pixels: np.ndarray) -> np.ndarray:
@@ -54,37 +51,14 @@ def keep_records(settings: Settings, identity: str, images: ImageSet) -> Path:
     return path
 
 
-def _pick(stored: np.ndarray, wanted: list[int]) -> dict[int, np.ndarray]:
-    return {i: np.array(stored[i]) for i in wanted if 0 <= i < len(stored)}
-
-
 def read_records(session: Session, settings: Settings, job: Job, field: str,
                  ids: Iterable[int]) -> dict[int, np.ndarray]:  # fmt: skip
-    """Images ``ids`` of the job's ``field`` ("dataset" or "heldout") as uint8 (H, W) or (H, W, 3)."""
-    from app.services.dataset_store import store_dir
-    from app.services.datasets import dataset_store_of
-    from models.formats.store import is_store, store_images
+    """Images ``ids`` of the job's ``field`` ("dataset" or "heldout") as uint8 (H, W) or (H, W, 3), read
+    record by record from a memory map (app/services/sample_images.py); ids outside the set are left out."""
+    from app.services.sample_images import job_rows
 
     wanted = sorted({int(i) for i in ids})
-    spec = job.spec.get(field)
-    if not wanted or not spec:
+    if not wanted or not job.spec.get(field):
         return {}
-    recorded = job.spec.get("facts", {}).get(FACTS_OF[field], {})
-    identity = recorded.get("identity")
-    if isinstance(identity, str):  # content-addressed by the identity the job recorded: the job's content
-        if records_file(settings, identity).is_file():
-            return _pick(np.load(records_file(settings, identity), mmap_mode="r", allow_pickle=False), wanted)
-        if is_store(store_dir(settings, identity, {})):  # without opening the source (a 60k-file folder)
-            return _pick(store_images(store_dir(settings, identity, {})), wanted)
-    try:
-        store = dataset_store_of(spec, session, settings, job.owner, field)
-        same = recorded.get("identity") in (None, dataset_identity(spec, session, settings, job.owner, field))
-        if store is not None and same:
-            return _pick(store_images(store), wanted)  # (N, H, W) or (N, H, W, 3), memory-mapped
-        images = load_recorded(spec, recorded, session, settings, job.owner, field, _CACHE)
-    except Invalid as error:
-        raise NotFound(error.field, f"the images of job {job.id} are no longer available: {error.message}") \
-            from None  # fmt: skip
-    present = [i for i in wanted if 0 <= i < images.count]
-    pixels = images.as_uint8()[present]  # (k, C, H, W)
-    return dict(zip(present, _hwc(pixels), strict=True))
+    rows = job_rows(job, session, settings, field)  # (N, H, W) or (N, H, W, C), memory-mapped
+    return {i: display_image(rows[i]) for i in wanted if 0 <= i < len(rows)}

@@ -1,24 +1,29 @@
 """Writing a job's per-sample scores in bulk: binary COPY on PostgreSQL, executemany on SQLite.
 
 A write replaces the job's whole score set in one transaction, so readers see either the old set
-or the new one. Writers are serialised per job by first touching the job row (a row lock on
-PostgreSQL, the write lock on SQLite) with a guarded UPDATE that only applies while the job is active:
-a finished job's scores never change. A write based on fewer units than the stored set is dropped,
-so a late provisional write can never overwrite a newer or final one.
+or the new one: on PostgreSQL by swapping the job's partition for a staging table filled by COPY and
+indexed afterwards (app/services/score_partitions.py), on SQLite by DELETE and INSERT. Writers are
+serialised per job by first touching the job row (a row lock on PostgreSQL, the write lock on SQLite)
+with a guarded UPDATE that only applies while the job is active: a finished job's scores never change.
+A write based on fewer units than the stored set is dropped, so a late provisional write can never
+overwrite a newer or final one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import column, delete, insert, select
+from sqlalchemy import table as sa_table
 from sqlalchemy.orm import Session
 
 from app.db import Job, SampleScore, is_postgres, utcnow
 from app.faults import fault_point
 from app.lifecycle import JOB_ACTIVE, guarded_update
 from app.services.pg_copy import binary_copy_chunks
+from app.services.score_partitions import stage_job_scores
 
 COLUMNS = ("job_id", "sample_id", "score", "log_p_in", "log_p_out", "score_se", "score_lo", "score_hi",
            "n_in", "n_out", "rank")  # fmt: skip
@@ -80,20 +85,35 @@ def _rows(job_id: str, arrays: ScoreArrays) -> list[tuple[object, ...]]:
     ))
 
 
-def _copy_binary(session: Session, job_id: str, arrays: ScoreArrays) -> None:
+def _copy_binary(session: Session, table: str, job_id: str, arrays: ScoreArrays) -> None:
     se, lo, hi = arrays.interval()
     columns = {"score": arrays.score, "log_p_in": arrays.log_p_in, "log_p_out": arrays.log_p_out,
                "score_se": se, "score_lo": lo, "score_hi": hi,
                "n_in": arrays.n_in, "n_out": arrays.n_out, "rank": ranks(arrays.score)}
     driver = session.connection().connection.driver_connection
-    statement = f"COPY sample_scores ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+    statement = f'COPY "{table}" ({", ".join(COLUMNS)}) FROM STDIN (FORMAT BINARY)'
     with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
         for chunk in binary_copy_chunks(job_id, columns):
             copy.write(chunk)
 
 
-def _insert_rows(session: Session, rows: list[tuple[object, ...]]) -> None:
-    session.execute(insert(SampleScore), [dict(zip(INSERT_COLUMNS, row, strict=True)) for row in rows])
+def _insert_rows(session: Session, rows: list[tuple[object, ...]], table: str | None = None) -> None:
+    values = [dict(zip(INSERT_COLUMNS, row, strict=True)) for row in rows]
+    if table is None:
+        session.execute(insert(SampleScore), values)
+    else:
+        session.execute(insert(sa_table(table, *(column(name) for name in INSERT_COLUMNS))), values)
+
+
+def _load(session: Session, job_id: str, arrays: ScoreArrays) -> Callable[[str], None]:
+    """Fill a PostgreSQL staging table: binary COPY of the VAE columns, else (GAN columns) an insert."""
+    def load(table: str) -> None:
+        if arrays.has_gan_columns:  # the binary COPY carries the VAE columns only
+            _insert_rows(session, _rows(job_id, arrays), table)
+        else:
+            _copy_binary(session, table, job_id, arrays)
+
+    return load
 
 
 def write_scores(session: Session, job_id: str, arrays: ScoreArrays, units: int, provisional: bool,
@@ -114,13 +134,16 @@ def write_scores(session: Session, job_id: str, arrays: ScoreArrays, units: int,
     if has_final or (provisional and stored_units >= units):
         _end(session, commit)
         return False
-    session.execute(delete(SampleScore).where(SampleScore.job_id == job_id))
-    if is_postgres(session) and not arrays.has_gan_columns:  # the binary COPY carries the VAE columns only
-        _copy_binary(session, job_id, arrays)
+    swap = None
+    if is_postgres(session):  # the job's partition is swapped for a freshly indexed one (score_partitions)
+        swap = stage_job_scores(session, job_id, _load(session, job_id, arrays))
     else:
+        session.execute(delete(SampleScore).where(SampleScore.job_id == job_id))
         _insert_rows(session, _rows(job_id, arrays))
     guarded_update(session, Job, job_id, when=JOB_ACTIVE, scores_units=units, scores_provisional=provisional)
     fault_point("score_write_provisional" if provisional else "score_write_final")
+    if swap is not None:
+        swap()  # last: the job's readers wait only from here to the commit
     if commit:
         session.commit()
     return True

@@ -1,30 +1,25 @@
-"""Reading scores: top-k, keyset pages in either order, one sample, and its image.
+"""Reading scores: top-k, keyset pages in either order, one sample (its image: sample_images.py).
 
 Order "score_desc" is (score DESC, NULLs last, sample_id ASC), exactly the index
-ix_sample_scores_job_score, so top-k and every page are range scans. "score_asc" is its exact
+ix_sample_scores_job_score (on PostgreSQL, per job partition: revision 0008), so top-k and every page
+are range scans. "score_asc" is its exact
 reverse (the same index read backwards). "sample_id" uses the primary key.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import struct
 from typing import Any, Literal, NamedTuple
 
-import numpy as np
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.db import Job, SampleScore, is_postgres
 from app.lifecycle import JobState
 from app.services import patterns
-from app.services.data_identity import ImageSetCache, load_recorded
-from app.services.errors import Invalid, NotFound, ServiceError
+from app.services.errors import Invalid, NotFound
 from app.services.job_samples import sample_text
-from app.services.jobs import get_job
-from app.settings import Settings
-from models.imageset import ImageSet
 
 SortOrder = Literal["score_desc", "score_asc", "sample_id"]
 Cursor = tuple[float | None, int]
@@ -156,55 +151,3 @@ def sample_by_key(session: Session, job_id: str, key: str) -> ScoredSample:
     if sample_id is None:
         raise NotFound("key", f"job {job_id} has no sample with key {key!r}")
     return sample_score(session, job_id, sample_id)
-
-
-# Rendering a sample needs its dataset; keep the last few loaded (an upload is read from disk), keyed
-# by content identity (a replaced data-root file is a new entry) and shared by the API's threads.
-_IMAGE_CACHE = ImageSetCache(capacity=4)
-
-
-def _images_for(job: Job, session: Session, settings: Settings) -> ImageSet:
-    """The job's training images, only if they are still the content the job was scored on."""
-    recorded = job.spec.get("facts", {}).get("train", {})
-    try:
-        return load_recorded(job.spec["dataset"], recorded, session, settings, job.owner, "dataset",
-                             _IMAGE_CACHE)  # fmt: skip
-    except Invalid as error:  # the file changed since: its images are not this job's samples any more
-        message = f"the images of job {job.id} are no longer available: {error.message}"
-        raise NotFound("sample_id", message) from None
-
-
-def _stored_pixels(job: Job, sample_id: int, session: Session, settings: Settings) -> np.ndarray | None:
-    """One image straight from the dataset's canonical store (a memory map: nothing else is read), when
-    the dataset has one and is still the content the job was validated for; None for plain arrays."""
-    from app.services.data_identity import dataset_identity
-    from app.services.datasets import dataset_store_of
-    from models.formats.store import store_images
-
-    spec = job.spec["dataset"]
-    recorded = job.spec.get("facts", {}).get("train", {}).get("identity")
-    try:
-        current = dataset_identity(spec, session, settings, job.owner, "dataset")
-        if recorded is not None and current != recorded:
-            return None  # changed: _images_for says so
-        store = dataset_store_of(spec, session, settings, job.owner, "dataset")
-    except ServiceError:
-        return None
-    return None if store is None else np.array(store_images(store)[sample_id])  # (H, W) or (H, W, 3)
-
-
-def sample_png(session: Session, settings: Settings, owner: str, job_id: str, sample_id: int) -> bytes:
-    from PIL import Image  # Pillow only where an image is rendered
-
-    job = get_job(session, owner, job_id)
-    if not 0 <= sample_id < job.n_samples:
-        raise NotFound("sample_id", f"job {job_id} has samples 0..{job.n_samples - 1}")
-    stored = _stored_pixels(job, sample_id, session, settings)
-    if stored is not None:
-        picture = Image.fromarray(stored)
-    else:
-        pixels = _images_for(job, session, settings).as_uint8()[sample_id]  # (C, H, W) uint8
-        picture = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()

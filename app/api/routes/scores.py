@@ -21,6 +21,7 @@ from app.api.schemas import (
 from app.db import Job
 from app.services import evidence as evidence_service
 from app.services import jobs as job_service
+from app.services import sample_images
 from app.services import scores as service
 from app.services.errors import Invalid
 from app.services.exports import confidence_threshold
@@ -100,7 +101,7 @@ def _sample_out(session: Session, job: Job, scored: service.ScoredSample) -> Sam
 def get_sample_image(
     job_id: JobIdPath, sample_id: SampleIdPath, session: SessionDep, owner: OwnerDep, settings: SettingsDep
 ) -> Response:
-    png = service.sample_png(session, settings, owner, job_id, sample_id)
+    png = sample_images.sample_png(session, settings, owner, job_id, sample_id)
     return Response(content=png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
