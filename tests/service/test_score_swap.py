@@ -28,16 +28,26 @@ ROWS = 20_000
 REVISION = "0008"
 
 
+def _engine(url: str) -> Iterator[Engine]:
+    upgrade_to_head(url)
+    made = make_engine(url)
+    yield made
+    made.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('swap') / 'scores.db'}"
     else:
         url = request.getfixturevalue("backend_urls")[0]
-    upgrade_to_head(url)
-    made = make_engine(url)
-    yield made
-    made.dispose()
+    yield from _engine(url)
+
+
+@pytest.fixture
+def pg_engine(backend_urls: tuple[str, str]) -> Iterator[Engine]:
+    """PostgreSQL only: the partition swap is PostgreSQL's (SQLite replaces rows in one table)."""
+    yield from _engine(backend_urls[0])
 
 
 def _job(session: Session, rows: int = ROWS) -> str:
@@ -110,9 +120,8 @@ def test_a_write_rolled_back_leaves_the_old_set_and_nothing_else(engine: Engine)
             assert tables == 1
 
 
-def test_a_long_reader_of_the_job_does_not_hold_up_its_next_write(engine: Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the partition swap is PostgreSQL's")
+def test_a_long_reader_of_the_job_does_not_hold_up_its_next_write(pg_engine: Engine) -> None:
+    engine = pg_engine
     rows = 1000
     with Session(engine, expire_on_commit=False) as session:
         job_id = _job(session, rows)
@@ -197,9 +206,12 @@ def test_gan_columns_are_written_through_the_same_swap(engine: Engine) -> None:
         arrays = _version(1, rows=4)
         gan = ScoreArrays(score=arrays.score, log_p_in=arrays.log_p_in, log_p_out=arrays.log_p_out,
                           n_in=arrays.n_in, n_out=arrays.n_out, rho=np.array([0.5, 1.0, np.nan, 2.0]),
-                          copy_count=np.array([0.0, 3.0, 1.0, 0.0]))  # fmt: skip
+                          nearest_copy_count=np.array([0.0, 3.0, 1.0, 0.0]),
+                          within_tau_count=np.array([1.0, 4.0, 1.0, 0.0]))  # fmt: skip
         assert write_scores(session, job_id, gan, units=1, provisional=True)
         assert write_scores(session, job_id, gan, units=2, provisional=False)
-        query = text("SELECT sample_id, rho, copy_count FROM sample_scores WHERE job_id = :job ORDER BY 1")
+        query = text("SELECT sample_id, rho, nearest_copy_count, within_tau_count FROM sample_scores "
+                     "WHERE job_id = :job ORDER BY 1")
         rows = session.execute(query, {"job": job_id}).all()
-        assert [tuple(row) for row in rows] == [(0, 0.5, 0.0), (1, 1.0, 3.0), (2, None, 1.0), (3, 2.0, 0.0)]
+        assert [tuple(row) for row in rows] == [(0, 0.5, 0.0, 1), (1, 1.0, 3.0, 4), (2, None, 1.0, 1),
+                                                (3, 2.0, 0.0, 0)]  # fmt: skip
