@@ -46,7 +46,11 @@ def world(keyed_stack: Stack) -> World:
     )
     assert upload.status_code == 201, upload.text
     dataset_id = upload.json()["id"]
-    created = client.post("/jobs", json=tiny_job({"id": dataset_id}), headers=bearer(ALICE))
+    held_out_images = npz_bytes(digits_subset(20, offset=600))
+    heldout = client.post("/datasets", files={"file": ("h.npz", held_out_images)}, headers=bearer(ALICE))
+    assert heldout.status_code == 201, heldout.text
+    with_heldout = {**tiny_job({"id": dataset_id}), "heldout": {"id": heldout.json()["id"]}}  # generated too
+    created = client.post("/jobs", json=with_heldout, headers=bearer(ALICE))
     assert created.status_code == 202, created.text
     job = keyed_stack.wait_for_state(created.headers["Location"], headers=bearer(ALICE))
     assert job["state"] == JobState.SUCCEEDED, job
@@ -106,6 +110,30 @@ TABLE: list[tuple[str, str, str, dict[str, int]]] = [
         "GET",
         "/jobs/{job_id}/samples/{sample_id}/image.png",
         "/jobs/{job_id}/samples/3/image.png",
+        {"none": 401, "malformed": 401, "other": 404, "own": 200},
+    ),
+    (
+        "GET",
+        "/jobs/{job_id}/samples/{sample_id}/neighbours",
+        "/jobs/{job_id}/samples/3/neighbours",
+        {"none": 401, "malformed": 401, "other": 404, "own": 200},
+    ),
+    (
+        "GET",
+        "/jobs/{job_id}/heldout/{index}/image.png",
+        "/jobs/{job_id}/heldout/0/image.png",
+        {"none": 401, "malformed": 401, "other": 404, "own": 200},
+    ),
+    (
+        "GET",
+        "/jobs/{job_id}/generated/{index}/image.png",
+        "/jobs/{job_id}/generated/0/image.png",
+        {"none": 401, "malformed": 401, "other": 404, "own": 200},
+    ),
+    (
+        "GET",
+        "/jobs/{job_id}/provenance",
+        "/jobs/{job_id}/provenance",
         {"none": 401, "malformed": 401, "other": 404, "own": 200},
     ),
     (

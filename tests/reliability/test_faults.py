@@ -194,7 +194,9 @@ def test_artifact_write_failure_fails_the_job_and_nothing_provisional_looks_fina
     latest = stack.client.get("/scores", params={"top": 5}).json()
     assert latest["job_id"] != job["id"], "a failed job's scores must never pass for the latest final ones"
     artifacts = Path(stack.env["MEMAUDIT_DATA_DIR"]) / "artifacts" / job["id"]
-    assert sorted(path.name for path in artifacts.iterdir()) == ["unit-0000.npz", "unit-0001.npz"]
+    units = sorted(path.name for path in artifacts.iterdir() if path.name.startswith("unit-"))
+    assert units == ["unit-0000.npz", "unit-0001.npz"]
+    assert not [path.name for path in artifacts.iterdir() if ".tmp" in path.name]  # no partial file left
 
 
 def _uvicorn(stack: FaultStack, port: int) -> subprocess.Popen[bytes]:
