@@ -5,19 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from models.audit import AuditResult
 from models.data import ImageSet
 from models.nn_compare import NearestNeighbourComparison, RankCorrelation
 
 TableFormat = Literal["csv", "parquet"]
+VERSION_FIELDS = ("python", "torch", "numpy", "memaudit")
 NN_COLUMNS = ("d_heldout", "d_model", "rho")
 INTERVAL_COLUMNS = ("score_se", "score_lo", "score_hi")  # SPEC §7, NaN (empty/null) when L = 1
 
@@ -146,16 +144,10 @@ def format_top(columns: dict[str, np.ndarray], top: int) -> str:
 
 
 def versions() -> dict[str, str]:
-    try:
-        memaudit_version = metadata.version("memaudit")
-    except metadata.PackageNotFoundError:
-        memaudit_version = "unknown (not installed)"
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "memaudit": memaudit_version,
-    }
+    """The summary's short ``versions`` (the provenance block's ``software`` has them and more)."""
+    from app.provenance import software
+
+    return {name: str(value) for name, value in software().items() if name in VERSION_FIELDS}
 
 
 def _loss_curves(result: AuditResult) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from app.migrate import alembic_config
 from tests.service.test_migration_0004 import database_url
+from tests.service.test_migration_0006 import _columns
 
 __all__ = ["database_url"]
 pytestmark = pytest.mark.timeout(180)
@@ -31,15 +32,6 @@ _UNIT = text(
     "INSERT INTO units (job_id, \"index\", model_ids, state, attempts, epoch) "
     "VALUES ('vae', 0, '[0]', :state, 1, 0)"
 )
-
-
-def _columns(url: str, table: str) -> set[str]:
-    engine = create_engine(url)
-    try:
-        inspector = inspect(engine)
-        return {c["name"] for c in inspector.get_columns(table)} if inspector.has_table(table) else set()
-    finally:
-        engine.dispose()
 
 
 def test_0007_adds_intervals_counts_and_skips_keeping_existing_rows_and_downgrades(database_url: str) -> None:
