@@ -49,10 +49,8 @@ def unit_records(units: Sequence[Unit], environment: dict[str, Any] | None, devi
     # matched by model ids: with the adaptive stop the result holds only some units (skipped ones have none)
     by_models = {tuple(r["model_ids"]): r for r in recorded if isinstance(r, dict) and r.get("model_ids")}
     records = []
-    for position, unit in enumerate(units):
-        ran = by_models.get(tuple(unit.model_ids)) if by_models else (
-            recorded[position] if position < len(recorded) else {})
-        ran = ran or {}
+    for unit in units:
+        ran = by_models.get(tuple(unit.model_ids), {})
         facts = {"index": unit.index, "model_ids": list(unit.model_ids), "attempts": unit.attempts,
                  "seconds": unit.seconds, "device": device,
                  "state": str(unit.state)}  # "skipped": made unnecessary by the adaptive stop
