@@ -12,7 +12,7 @@ strategy, so training and importance sampling share one code path.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -43,6 +43,12 @@ class ModelStack(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def decode_model(self, e: int, z: torch.Tensor) -> torch.Tensor | None:
+        """Model e's decoder alone, (1, B, Z) -> (1, B, P, D), where the stack can run one member
+        without the others (importance sampling decodes model by model on CPU so that each model's
+        activations stay in cache); None where it cannot."""
+        return None
+
     def const_log_var(self) -> torch.Tensor | None:  # (E,) for gaussian_const
         raise NotImplementedError
 
@@ -65,6 +71,9 @@ class SingleStack(ModelStack):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.decode(z[0]).unsqueeze(0)
 
+    def decode_model(self, e: int, z: torch.Tensor) -> torch.Tensor:
+        return self.decode(z)
+
     def const_log_var(self) -> torch.Tensor | None:
         param = self.model.const_log_var
         return None if param is None else param.reshape(1)
@@ -81,6 +90,10 @@ class StackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
+
+    def member(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Layer e alone: (1, B, in) -> (1, B, out)."""
+        return torch.baddbmm(self.bias[e : e + 1], x, self.weight[e : e + 1])
 
 
 def _stacked_const_log_var(models: Sequence[VAE]) -> nn.Parameter | None:
@@ -123,6 +136,12 @@ class StackedMLPVAE(ModelStack):
         for layer in self.decoder_layers:
             h = layer(h).relu_()
         return self.decoder_head(h).unflatten(-1, (self.planes, self.pixels))  # (E, B, P, D)
+
+    def decode_model(self, e: int, z: torch.Tensor) -> torch.Tensor:
+        h = z  # (1, B, Z)
+        for layer in self.decoder_layers:
+            h = cast(StackedLinear, layer).member(e, h).relu_()
+        return self.decoder_head.member(e, h).unflatten(-1, (self.planes, self.pixels))  # (1, B, P, D)
 
     def const_log_var(self) -> torch.Tensor | None:
         return self.log_var_param

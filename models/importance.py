@@ -33,6 +33,10 @@ from models.noise import NOISE_BLOCK
 _LOG_2PI = math.log(2.0 * math.pi)
 _FLOAT_BYTES = 4
 _LIKELIHOOD_TEMPORARIES = 8  # elementwise temporaries of size D while scoring one decoded latent
+# CPU Bernoulli scoring in L2-sized tiles (docs/benchmarks.md): below this many pixels the tiles' per-op
+# overhead outweighs the cheaper log, so small images keep the one-pass softplus
+_TILED_MIN_PIXELS = 256
+_TILE_FLOATS = 1 << 18  # 1 MiB of logits per tile
 
 # (start, stop) -> representation (E or 1, b, C, H, W) / standard normal noise (E or 1, b, S, Z)
 ReprSource = Callable[[int, int], torch.Tensor]
@@ -84,14 +88,39 @@ def log_normal_std(z: torch.Tensor) -> torch.Tensor:
 
 
 def _score(params: torch.Tensor, x: torch.Tensor, sign: torch.Tensor | None, likelihood: str,
-           const: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+           const: torch.Tensor | None, tiled: bool = False) -> torch.Tensor:  # fmt: skip
     """log p(x | params) (E, b, s) for decoder planes (E, b, s, P, D); params are a temporary and may
     be overwritten. Bernoulli: x l - softplus(l) = -softplus((1 - 2x) l) for binary x, one pass."""
     if sign is not None:
         logits = params[..., 0, :]
+        if tiled and logits.shape[-1] >= _TILED_MIN_PIXELS:
+            return _bernoulli_tiled(logits, sign)
         logits.mul_(sign)
         return F.softplus(logits).sum(-1).neg_()
     return decoder_log_prob(params, x, likelihood, const)
+
+
+def _bernoulli_tiled(logits: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """-sum_d softplus(sign_d l_d) (E, b, s) for logits (E, b, s, D), overwritten, and sign = 1 - 2x
+    (E|1, b, 1, D), as
+
+        softplus(u) = relu(u) + log(1 + exp(-|u|)) = (u + |u|) / 2 - log sigmoid(|u|),  |sign l| = |l|,
+
+    tile by tile so that the five cheap passes (a dot with the signs, abs, sum, sigmoid, log) read data in
+    L2: torch's one-pass softplus is bound by its log1p (about 0.45 Gelem/s per core here), while sigmoid
+    and log run at several Gelem/s in cache. float32 loses nothing that matters: where sigmoid(|l|)
+    rounds to 1 the dropped term is below 6e-8."""
+    n_models, batch, latents, pixels = logits.shape
+    out = torch.empty(n_models, batch, latents, dtype=logits.dtype, device=logits.device)
+    per_tile = max(1, _TILE_FLOATS // (latents * pixels))  # samples per tile
+    for e in range(n_models):
+        signs = sign[min(e, sign.shape[0] - 1)]  # (b, 1, D)
+        for a in range(0, batch, per_tile):
+            tile = logits[e, a : a + per_tile]  # (t, s, D)
+            twice_relu = torch.bmm(tile, signs[a : a + per_tile].transpose(-1, -2)).squeeze_(-1)  # (t, s)
+            twice_relu.add_(tile.abs_().sum(-1))  # sum u + sum |u| = 2 sum relu(u)
+            torch.sub(tile.sigmoid_().log_().sum(-1), twice_relu, alpha=0.5, out=out[e, a : a + per_tile])
+    return out
 
 
 def _chunk_log_weights(
@@ -102,18 +131,35 @@ def _chunk_log_weights(
     log_var: torch.Tensor,
     eps: torch.Tensor,
     likelihood: str,
+    cpu_cache: bool = False,
 ) -> torch.Tensor:
-    """Log importance weights (E, b, s) for representation x (E|1, b, 1, D), noise eps (E|1, b, s, Z)."""
+    """Log importance weights (E, b, s) for representation x (E|1, b, 1, D), noise eps (E|1, b, s, Z).
+    ``cpu_cache``: decode and score model by model where the stack allows it, in cache-sized tiles."""
     n_models, batch, latents = mean.shape[0], mean.shape[1], eps.shape[2]
     std = torch.exp(0.5 * log_var).unsqueeze(2)  # (E, b, 1, Z)
     z = torch.addcmul(mean.unsqueeze(2), std, eps)  # (E, b, s, Z)
     # log N(z; 0, I) - log q(z|x) with z = mean + std * eps (the log 2 pi terms cancel)
     log_w = (eps.square().sum(-1) - z.square().sum(-1)).mul_(0.5).add_(0.5 * log_var.sum(-1, keepdim=True))
-    params = stack.decode(z.reshape(n_models, batch * latents, -1))  # (E, b*s, P, D)
-    params = params.reshape(n_models, batch, latents, *params.shape[-2:])  # (E, b, s, P, D)
     const = stack.const_log_var()
     const = None if const is None else const[:, None, None]
-    return log_w.add_(_score(params, x, sign, likelihood, const))
+    flat_z = z.reshape(n_models, batch * latents, -1)  # (E, b*s, Z)
+    if cpu_cache and n_models > 1 and stack.decode_model(0, flat_z[:1, :1]) is not None:
+        for e in range(n_models):
+            params = stack.decode_model(e, flat_z[e : e + 1])
+            assert params is not None
+            params = params.reshape(1, batch, latents, *params.shape[-2:])  # (1, b, s, P, D)
+            member_sign = None if sign is None else _member(sign, e)
+            member_const = None if const is None else const[e : e + 1]
+            log_w[e : e + 1].add_(_score(params, _member(x, e), member_sign, likelihood, member_const, True))
+        return log_w
+    params = stack.decode(flat_z)  # (E, b*s, P, D)
+    params = params.reshape(n_models, batch, latents, *params.shape[-2:])  # (E, b, s, P, D)
+    return log_w.add_(_score(params, x, sign, likelihood, const, cpu_cache))
+
+
+def _member(shared: torch.Tensor, e: int) -> torch.Tensor:
+    """Model e's slice (1, ...) of a tensor held per model (E, ...) or shared by all (1, ...)."""
+    return shared if shared.shape[0] == 1 else shared[e : e + 1]
 
 
 @torch.no_grad()
@@ -152,6 +198,7 @@ def importance_log_likelihood(
                         log_var_all[:, a:b],
                         eps_all[:, a:b, s0 : s0 + plan.latent_chunk],
                         likelihood,
+                        cpu_cache=cache_bytes is not None,
                     ),
                     dim=-1,
                 )
