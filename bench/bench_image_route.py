@@ -1,15 +1,16 @@
 """Benchmark: GET /jobs/{id}/samples/{sid}/image.png on 60,000-image Fashion-MNIST jobs over HTTP, and the
 API process's memory meanwhile (issue 9: one record per request, never the whole set).
 
-Jobs (queued: nothing consumes the broker; the route needs the job and its dataset only):
+Jobs (queued: nothing consumes the broker, no worker ever plans them; the route needs the job and its
+dataset only):
 - an upload converted into a canonical store (Hugging Face parquet of the 60,000 PNGs);
-- an .npz upload (compressed: served from a pixel file);
-- the built-in ``fashion-mnist`` (gzip idx files: served from a pixel file);
-- the built-in ``fashion-mnist:pad32`` whose pixel file is *not* prepared, so its first request writes it.
+- an .npz upload (compressed: served from the pixel file POST /datasets wrote);
+- the built-ins ``fashion-mnist`` and ``fashion-mnist:pad32`` (gzip idx files: served from the pixel file
+  POST /jobs wrote, in the pass that scanned the built-in's facts).
 
-The pixel files of the first three are written the way a worker does when it plans a job
-(``prepare_sample_images``); then a fresh uvicorn process serves them, and every job gets one cold first
-request (counted in max) and ``--requests`` random sample ids. Prints a Markdown table.
+The jobs are created over HTTP (their POST /jobs times are printed), then a fresh uvicorn process serves
+them, and every job gets one cold first request (counted in max) and ``--requests`` random sample ids.
+Prints a Markdown table.
 
     .venv/bin/python -m bench.bench_image_route [--requests 300]
 """
@@ -71,20 +72,6 @@ def _uploads(folder: Path) -> dict[str, str]:
     return ids
 
 
-def _prepare(job_ids: list[str]) -> float:
-    from app.db import Job, session_scope
-    from app.services.sample_images import prepare_sample_images
-    from app.settings import get_settings
-
-    started = time.perf_counter()
-    with session_scope() as session:
-        for job_id in job_ids:
-            job = session.get(Job, job_id)
-            assert job is not None
-            prepare_sample_images(job, session, get_settings())
-    return time.perf_counter() - started
-
-
 def _timed_get(client: httpx.Client, path: str) -> float:
     started = time.perf_counter()
     response = client.get(path)
@@ -112,28 +99,28 @@ def main() -> int:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         datasets = {"parquet upload (canonical store)": {"id": uploads["fashion.parquet"]},
-                    "npz upload (pixel file)": {"id": uploads["fashion.npz"]},
-                    "built-in fashion-mnist (pixel file)": {"builtin": "fashion-mnist"},
-                    "built-in fashion-mnist:pad32, pixel file not prepared":
-                        {"builtin": "fashion-mnist:pad32"}}
+                    "npz upload (pixel file from POST /datasets)": {"id": uploads["fashion.npz"]},
+                    "built-in fashion-mnist (pixel file from POST /jobs)": {"builtin": "fashion-mnist"},
+                    "built-in fashion-mnist:pad32 (pixel file from POST /jobs)":
+                        {"builtin": "fashion-mnist:pad32"}}  # fmt: skip
         server = _server(env, port)
-        jobs = {}
+        jobs, posts = {}, {}
         with httpx.Client(base_url=base, timeout=120) as client:
             for name, dataset in datasets.items():
                 spec = {"dataset": dataset, "model": {"arch": "mlp", "hidden": [32], "latent": 4},
                         "training": {"epochs": 1, "batch_size": 64}}  # fmt: skip
+                started = time.perf_counter()
                 response = client.post("/jobs", json=spec)
+                posts[name] = (time.perf_counter() - started) * 1e3
                 assert response.status_code in (200, 201, 202), response.text
                 jobs[name] = response.json()["id"]
         _stop(server)
-        prepared = _prepare([job for name, job in jobs.items() if "not prepared" not in name])
-        print(f"pixel files written as a worker's planning does: {prepared:.1f} s", flush=True)
         server = _server(env, port)  # a fresh process: nothing of the setup stays in its memory
         stack.callback(_stop, server)
         rss_start = _status_kib(server.pid, "VmRSS")
         rng = np.random.default_rng(0)
-        print(f"\n| job ({COUNT} images, HTTP, one client) | cold first ms | p50 ms | p99 ms | max ms (cold "
-              "included) | API RSS after MiB |\n|---|---|---|---|---|---|")
+        print(f"\n| job ({COUNT} images, HTTP, one client) | POST /jobs ms | cold first ms | p50 ms | "
+              "p99 ms | max ms (cold included) | API RSS after MiB |\n|---|---|---|---|---|---|---|")
         with httpx.Client(base_url=base, timeout=120) as client:
             for name, job_id in jobs.items():
                 cold = _timed_get(client, f"/jobs/{job_id}/samples/{int(rng.integers(COUNT))}/image.png")
@@ -142,8 +129,8 @@ def main() -> int:
                 ordered = sorted(times)
                 p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
                 rss = _status_kib(server.pid, "VmRSS") / 1024
-                print(f"| {name} | {cold:.1f} | {statistics.median(times):.2f} | {p99:.2f} | "
-                      f"{max(cold, *times):.1f} | {rss:.0f} |", flush=True)
+                print(f"| {name} | {posts[name]:.0f} | {cold:.1f} | {statistics.median(times):.2f} | "
+                      f"{p99:.2f} | {max(cold, *times):.1f} | {rss:.0f} |", flush=True)
         peak = _status_kib(server.pid, "VmHWM") / 1024
         print(f"\nAPI process RSS: {rss_start / 1024:.0f} MiB at start, peak (VmHWM) {peak:.0f} MiB; "
               f"the uint8 pixels of one set are {COUNT * 28 * 28 / 2**20:.0f} MiB, a float32 copy "

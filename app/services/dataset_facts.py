@@ -4,16 +4,17 @@ loading pixels where the facts were recorded already.
 Uploaded datasets (``{"id"}``) are described by their `datasets` row, written when the upload was
 validated: POST /jobs never reads an uploaded file (except once for a float upload recorded before
 revision 0002, whose 8-bit flag is then written back). Built-ins are scanned chunk by chunk once per
-process and their facts cached; ``{"path"}`` files are loaded, as the file may change between requests.
-Workers still load the arrays themselves (they need the pixels). The facts carry the dataset's content
-identity (app.services.data_identity), which workers check before they train.
+process and their facts cached, read from the built-in's pixel file when it exists
+(app/services/pixel_files.py; nothing here writes one). ``{"path"}`` files are loaded, as the file
+may change between requests. Workers still load the arrays themselves (they need the pixels). The facts
+carry the dataset's content identity (app.services.data_identity), which workers check before they train.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,9 +32,10 @@ from app.services.datasets import (
     store_meta,
 )
 from app.services.errors import Invalid, NotFound
+from app.services.pixel_files import pixel_file
 from app.settings import Settings
 from models.builtin_datasets import BUILTIN_NAMES, is_builtin
-from models.formats.records import builtin_image_chunks
+from models.formats.records import builtin_image_chunks, pixel_file_chunks
 from models.imageset import DataError, ImageSet, SourceKind, check_likelihood_facts
 
 _BUILTIN_FIELD = "builtin"  # replaced by the caller's field when loading fails (errors are not cached)
@@ -73,8 +75,9 @@ def dataset_facts(
         return replace(_row_facts(row, settings, f"{field}.id"),
                        identity=dataset_identity(spec, session, settings, owner, field))  # fmt: skip
     if "builtin" in spec and not conversion_of(spec).active:
-        facts = builtin_facts_for(spec["builtin"], f"{field}.builtin")
-        return replace(facts, identity=dataset_identity(spec, session, settings, owner, field))
+        identity = dataset_identity(spec, session, settings, owner, field)
+        facts = builtin_facts_for(spec["builtin"], f"{field}.builtin", pixel_file(settings, identity))
+        return replace(facts, identity=identity)
     return _read_facts(spec, session, settings, owner, field)
 
 
@@ -126,24 +129,35 @@ def _row_facts(row: Dataset, settings: Settings, field: str) -> DatasetFacts:
                         is_8bit=row.is_8bit)  # fmt: skip
 
 
-def builtin_facts_for(name: str, field: str) -> DatasetFacts:
+def builtin_facts_for(name: str, field: str, pixels: Path | None = None) -> DatasetFacts:
+    """A built-in's facts; ``pixels``: its pixel file (app/services/pixel_files.py), read instead of the
+    built-in's own files when it exists."""
     # Built-ins this server does not have are a 404, like unknown ids (app.services.datasets).
     if not is_builtin(name):
         raise NotFound(field, f"no built-in dataset {name!r} (built-ins: {', '.join(BUILTIN_NAMES)})")
     try:
-        return _builtin_facts(name)
+        return _builtin_facts(name, pixels)
     except DataError as error:
         raise NotFound(field if error.field == _BUILTIN_FIELD else error.field, error.message) from None
 
 
-@lru_cache(maxsize=16)
-def _builtin_facts(name: str) -> DatasetFacts:
-    """Scanned chunk by chunk from the built-in's files: the API never holds the whole set."""
-    shape, chunks = builtin_image_chunks(name, field=_BUILTIN_FIELD)
-    low, high = 255, 0
-    for chunk in chunks:
-        low, high = min(low, int(chunk.min())), max(high, int(chunk.max()))
-    return DatasetFacts(count=int(shape[0]), image_shape=image_shape_of(list(shape)),
-                        min=float(np.float32(low) / np.float32(255.0)),
-                        max=float(np.float32(high) / np.float32(255.0)), source_kind="uint8",
-                        is_8bit=True)  # fmt: skip
+_SCANNED: dict[str, DatasetFacts] = {}  # built-in name -> its facts, once per process (a handful of names)
+
+
+def _builtin_facts(name: str, pixels: Path | None = None) -> DatasetFacts:
+    """Scanned chunk by chunk (the API never holds the whole set), once per process. When the built-in's
+    pixel file exists (an earlier job's: the same uint8 rows), it is read with plain reads instead of
+    decompressing the set, so a restarted API does not decompress a built-in at all."""
+    known = _SCANNED.get(name)
+    if known is None:
+        written = pixels if pixels is not None and pixels.is_file() else None
+        shape, chunks = builtin_image_chunks(name, field=_BUILTIN_FIELD) if written is None else \
+            pixel_file_chunks(written, field=_BUILTIN_FIELD)  # fmt: skip
+        low, high = 255, 0
+        for chunk in chunks:
+            low, high = min(low, int(chunk.min())), max(high, int(chunk.max()))
+        known = _SCANNED.setdefault(name, DatasetFacts(
+            count=int(shape[0]), image_shape=image_shape_of(list(shape)),
+            min=float(np.float32(low) / np.float32(255.0)), max=float(np.float32(high) / np.float32(255.0)),
+            source_kind="uint8", is_8bit=True))  # fmt: skip
+    return known

@@ -6,7 +6,8 @@ An upload is streamed to a temp file with a hard size cap, hashed on the way, an
 holding the dataset in memory: arrays (.npy / .npz) are scanned chunk by chunk; every other format (image
 zip / tar, parquet, WebDataset shard, CIFAR-10 batch) is decoded image by image straight into its
 canonical store (app/services/dataset_store.py). Only then is the file moved into place and recorded: a
-refused upload leaves neither a file, a store nor a row.
+refused upload leaves neither a file, a store nor a row. A recorded compressed .npz then gets its pixel
+file (app/services/pixel_files.py), so that no image request has to decompress it.
 """
 
 from __future__ import annotations
@@ -188,6 +189,10 @@ def store_upload(
         row = _insert_dataset(session, owner, sha256, filename, final.name, size, facts,
                               details.get("source_format", kind), details or None)  # fmt: skip
         store = None
+        if kind == "npz":  # the image route's pixel file, now that the upload is recorded (best effort)
+            from app.services.pixel_files import prepare_upload_pixel_file  # it imports this module
+
+            prepare_upload_pixel_file(row.id, session, settings, owner)
         return StoredUpload(row, True)
     finally:
         temp.unlink(missing_ok=True)

@@ -3,6 +3,8 @@
 The plan task is registered on the session that inserts the job row and sent only once that commits
 (app.tasks.enqueue_on_commit), so a worker never sees an id that does not exist yet, and a refused
 or rolled-back creation sends nothing. Units are planned by the worker (they are sized by its device).
+The datasets' pixel files (app/services/pixel_files.py) are written before the job row, so that no image
+request of the job decompresses a set.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from app.services.dataset_facts import check_likelihood, dataset_facts
 from app.services.errors import Conflict, Invalid, NotFound
 from app.services.gan_specs import GAN_KINDS, reject_gan_sections, validate_gan_job
 from app.services.limits import check_fields, check_vae_cost
+from app.services.pixel_files import prepare_job_pixel_files
 from app.services.specs import JobCreate, request_hash
 from app.services.transitions import request_cancel
 from app.settings import Settings
@@ -98,6 +101,9 @@ def create_job(session: Session, settings: Settings, owner: str, request: JobCre
     check_job_rate(session, settings, owner)
     check_active_jobs(session, settings, owner)
     facts = _validate(request, canonical, session, settings, owner)
+    # The image route's pixel files exist before anyone can name the job (best effort: the route writes
+    # them itself when missing); written only now, so that a refused job leaves nothing behind.
+    prepare_job_pixel_files({**canonical, "facts": facts}, session, settings, owner)
     train_facts = facts["train"]
     job = Job(
         id=str(uuid.uuid4()), owner=owner, kind=request.kind, state=JobState.QUEUED,

@@ -4,10 +4,10 @@ Where a job's pixels are read from (models/formats/records.py):
 
 - a dataset with a canonical store (every non-array format, every conversion): the store's ``images.npy``;
 - a plain ``.npy`` (an upload or a data-root file): the file itself;
-- a compressed ``.npz`` (upload or data root) or a built-in: a *pixel file*
-  ``<data_dir>/stores/pixels/<digest>.npy`` (uint8, as displayed), keyed by the content identity like the
-  stores and written once, chunk by chunk; the worker writes it when it plans the job
-  (``prepare_sample_images``), the API only if it is missing.
+- a compressed ``.npz`` (upload or data root) or a built-in: its *pixel file*
+  (app/services/pixel_files.py: uint8 as displayed, keyed by the content identity like the stores), which
+  POST /datasets or POST /jobs wrote, the worker when it planned the job, and this route only if it is
+  still missing.
 
 A store or pixel file made from the content identity the job recorded is a copy of exactly the job's images
 and is read without looking at the source again; otherwise (a plain ``.npy``, nothing converted yet) the
@@ -18,10 +18,7 @@ the rows that were read.
 
 from __future__ import annotations
 
-import hashlib
 import io
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,54 +26,24 @@ from sqlalchemy.orm import Session
 
 from app.db import Job
 from app.services.data_identity import dataset_identity
-from app.services.dataset_store import as_service_error, conversion_of, store_dir
-from app.services.datasets import (
-    data_root_paths,
-    dataset_store_of,
-    get_dataset,
-    is_array_upload,
-    uploaded_file,
-)
+from app.services.dataset_store import as_service_error, store_dir
+from app.services.datasets import dataset_store_of
 from app.services.errors import NotFound
 from app.services.jobs import get_job
-from app.settings import Settings
-from models.formats.records import (
-    builtin_image_chunks,
-    display_image,
-    map_npy,
-    npz_image_chunks,
-    write_pixel_file,
+from app.services.pixel_files import (
+    FACTS_OF,
+    needs_pixel_file,
+    pixel_file,
+    plain_array,
+    prepare_job_pixel_files,
+    write_pixels,
 )
+from app.settings import Settings
+from models.formats.records import display_image, map_npy
 from models.formats.store import IMAGES, is_store
 from models.imageset import DataError
 
 FIELD = "dataset"
-FACTS_OF = {"dataset": "train", "heldout": "heldout"}  # the job's spec key -> its spec["facts"] key
-
-
-def pixel_file(settings: Settings, identity: str) -> Path:
-    return settings.stores_dir / "pixels" / f"{hashlib.sha256(identity.encode()).hexdigest()[:40]}.npy"
-
-
-def _plain_array(spec: dict[str, Any], session: Session, settings: Settings, owner: str,
-                 field: str = FIELD) -> Path | None:  # fmt: skip
-    """The .npy / .npz file a spec names when it is read as a plain array (no store), else None."""
-    if conversion_of(spec).active or "builtin" in spec:
-        return None
-    if "id" in spec:
-        row = get_dataset(session, owner, spec["id"], field=f"{field}.id")
-        return uploaded_file(row, settings) if is_array_upload(row) else None
-    paths = data_root_paths(spec["path"], settings, f"{field}.path")
-    is_array = len(paths) == 1 and paths[0].is_file() and (
-        spec.get("format") == "array" or paths[0].suffix.lower() in (".npy", ".npz"))  # fmt: skip
-    return paths[0] if is_array else None
-
-
-def _chunks_of(spec: dict[str, Any], array_file: Path | None, settings: Settings,
-               field: str) -> tuple[tuple[int, ...], Iterator[np.ndarray]]:  # fmt: skip
-    if array_file is None:
-        return builtin_image_chunks(spec["builtin"], field=f"{field}.builtin")
-    return npz_image_chunks(array_file, max_bytes=settings.max_uncompressed_bytes, field=field)
 
 
 def image_rows(spec: dict[str, Any], identity: str, session: Session, settings: Settings, owner: str,
@@ -87,35 +54,23 @@ def image_rows(spec: dict[str, Any], identity: str, session: Session, settings: 
         store = store_dir(settings, identity, {})
         if is_store(store):
             return map_npy(store / IMAGES, field)
-        array_file = _plain_array(spec, session, settings, owner, field)
-        if array_file is not None and array_file.suffix.lower() == ".npy":
+        array_file = plain_array(spec, session, settings, owner, field)
+        if needs_pixel_file(spec, array_file):
+            return map_npy(write_pixels(spec, identity, array_file, session, settings, owner, field), field)
+        if array_file is not None:  # a plain .npy
             return map_npy(array_file, field)
-        plain_builtin = "builtin" in spec and not conversion_of(spec).active
-        if array_file is None and not plain_builtin:  # a format or a conversion: its store, made now
-            converted = dataset_store_of(spec, session, settings, owner, field)
-            if converted is None:
-                raise NotFound(field, "this dataset has no images to show")
-            return map_npy(converted / IMAGES, field)
-        target = pixel_file(settings, identity)
-        if not target.is_file():
-            shape, chunks = _chunks_of(spec, array_file, settings, field)
-            write_pixel_file(target, shape, chunks)
-            if "path" in spec and dataset_identity(spec, session, settings, owner, field) != identity:
-                target.unlink(missing_ok=True)  # replaced while it was read: the copy may mix two files
-                raise NotFound(f"{field}.path", "the file changed while it was read; try again")
-        return map_npy(target, field)
+        converted = dataset_store_of(spec, session, settings, owner, field)  # a format or a conversion
+        if converted is None:
+            raise NotFound(field, "this dataset has no images to show")
+        return map_npy(converted / IMAGES, field)
     except DataError as error:
         raise as_service_error(error) from None
 
 
 def prepare_sample_images(job: Job, session: Session, settings: Settings) -> None:
-    """Write the job's pixel file now if it needs one (the worker, while planning), so that the API's
-    first image request maps a file instead of converting the set."""
-    spec = job.spec["dataset"]
-    identity = dataset_identity(spec, session, settings, job.owner, FIELD)
-    plain_builtin = "builtin" in spec and not conversion_of(spec).active
-    if plain_builtin or _plain_array(spec, session, settings, job.owner) is not None:
-        image_rows(spec, identity, session, settings, job.owner)
+    """Write the job's pixel files now if they are still missing (the worker, while planning: POST /jobs
+    normally wrote them already), so that no image request converts a set. Best effort."""
+    prepare_job_pixel_files(job.spec, session, settings, job.owner)
 
 
 def _snapshot(settings: Settings, identity: str, field: str) -> np.ndarray | None:

@@ -83,6 +83,36 @@ def write_pixel_file(path: Path, shape: tuple[int, ...], chunks: Iterator[np.nda
         temp.unlink(missing_ok=True)
 
 
+def pixel_file_chunks(path: Path, *, field: str) -> tuple[tuple[int, ...], Iterator[np.ndarray]]:
+    """(shape, uint8 chunks) of a pixel file, read with plain reads a chunk at a time (through a memory
+    map the reader's resident memory would grow with the file)."""
+    stream = path.open("rb")
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0  # fmt: skip
+        shape, fortran_order, dtype = read_header(stream)
+    except (ValueError, OSError) as error:
+        stream.close()
+        raise DataError(field, f"{path.name}: not a pixel file ({error})") from error
+    if dtype != np.uint8 or fortran_order or len(shape) not in (3, 4):
+        stream.close()
+        raise DataError(field, f"{path.name}: not a pixel file ({dtype}, shape {shape})")
+    row_bytes = int(np.prod(shape[1:]))
+    per_chunk = max(1, CHUNK_BYTES // row_bytes)
+
+    def chunks() -> Iterator[np.ndarray]:
+        with stream:
+            for start in range(0, shape[0], per_chunk):
+                rows = min(per_chunk, shape[0] - start)
+                raw = stream.read(rows * row_bytes)
+                if len(raw) != rows * row_bytes:
+                    raise DataError(field, f"{path.name}: the pixel file is truncated")
+                yield np.frombuffer(raw, dtype=np.uint8).reshape(rows, *shape[1:])
+
+    return tuple(int(size) for size in shape), chunks()
+
+
 def displayed_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     """The pixel file shape of images stored as ``shape`` (a single channel dropped)."""
     return shape[:3] if len(shape) == 4 and shape[3] == 1 else tuple(shape)

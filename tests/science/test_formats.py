@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -369,3 +370,28 @@ def test_encoded_images_of_other_formats_are_refused(tmp_path: Path) -> None:
         _load(_zip(tmp_path / "gif.zip", {"a.png": buffer.getvalue()}))
     assert encode(np.zeros((2, 2), dtype=np.uint8), "png")[:4] == b"\x89PNG"
     assert len(CLASSES) == 10
+
+
+def test_a_pixel_file_appears_whole_or_not_at_all_and_reads_back_chunk_by_chunk(tmp_path: Path) -> None:
+    from models.formats.records import pixel_file_chunks, write_pixel_file
+
+    target = tmp_path / "pixels" / "set.npy"
+    rows = np.arange(6 * 4 * 5, dtype=np.uint8).reshape(6, 4, 5)
+    seen_while_writing = []
+
+    def chunks(fail_at: int | None = None) -> Iterator[np.ndarray]:
+        for start in range(0, 6, 2):
+            seen_while_writing.append(target.exists())
+            if start == fail_at:
+                raise OSError("No space left on device")
+            yield rows[start:start + 2]
+
+    with pytest.raises(OSError):
+        write_pixel_file(target, rows.shape, chunks(fail_at=4))
+    assert list(target.parent.iterdir()) == []  # neither the file nor its temporary name
+    write_pixel_file(target, rows.shape, chunks())
+    assert seen_while_writing == [False] * 6
+    np.testing.assert_array_equal(np.load(target), rows)
+    shape, read = pixel_file_chunks(target, field="dataset")
+    assert shape == rows.shape
+    np.testing.assert_array_equal(np.concatenate(list(read)), rows)

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from app.services.dataset_facts import DatasetFacts, _builtin_facts, dataset_facts
+from app.services.dataset_facts import _SCANNED, DatasetFacts, _builtin_facts, dataset_facts
 from models.builtin_datasets import load_builtin
 from models.imageset import image_set_from_array
 from tests.service.harness import environment
@@ -135,7 +135,17 @@ def test_row_facts_equal_the_facts_of_the_loaded_file(
 
 
 def test_builtin_facts_are_computed_once_and_match_the_images() -> None:
-    _builtin_facts.cache_clear()
+    _SCANNED.pop("digits:test", None)
     first = _builtin_facts("digits:test")
-    assert _builtin_facts("digits:test") is first and _builtin_facts.cache_info().hits == 1
+    assert _builtin_facts("digits:test") is first
     assert first == DatasetFacts.of_images(load_builtin("digits:test"))
+
+
+def test_builtin_facts_read_from_its_pixel_file_equal_the_scanned_ones(tmp_path: Path) -> None:
+    """A restarted API reads a built-in's facts from its pixel file: they are the same facts."""
+    from models.formats.records import builtin_image_chunks, write_pixel_file
+
+    pixels = tmp_path / "pixels" / "digits.npy"
+    write_pixel_file(pixels, *builtin_image_chunks("digits", field="builtin"))
+    _SCANNED.pop("digits", None)
+    assert _builtin_facts("digits", pixels) == DatasetFacts.of_images(load_builtin("digits"))

@@ -159,3 +159,121 @@ def test_a_converted_folder_is_served_from_the_jobs_snapshot_after_the_folder_ch
     Image.fromarray(pixels[0]).save(root / "folder" / "class0" / "999.png")
     again = client.get(f"/jobs/{job_id}/samples/0/image.png")
     assert again.status_code == 200 and again.content == first.content
+
+
+def _recorded_pixel_file(job_id: str) -> Path:
+    """The pixel file named by the training-set identity the job recorded."""
+    from app.db import Job, get_sessionmaker
+    from app.services.pixel_files import pixel_file
+    from app.settings import get_settings
+
+    with get_sessionmaker()() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return pixel_file(get_settings(), job.spec["facts"]["train"]["identity"])
+
+
+def _pad32_test_split() -> np.ndarray:
+    return np.pad(load_fashion_mnist("test").as_uint8()[:, 0], ((0, 0), (2, 2), (2, 2)))
+
+
+def test_pixel_files_exist_before_a_job_can_be_named_so_no_request_writes_one(
+    api: tuple[TestClient, Path],
+) -> None:
+    """Issue 9's cold first request: the pixel file of a built-in or a compressed .npz is written by
+    POST /datasets and POST /jobs (no worker runs here), so the first image request maps it too."""
+    client, root = api
+    pixels = _pixels(5_000)
+    floats = pixels.astype(np.float32) / np.float32(255.0)
+    (root / "set.npz").write_bytes(npz_bytes(pixels))
+    upload = _upload(client, "f.npz", npz_bytes(floats))
+    stored = list((root.parent / "data" / "stores" / "pixels").glob("*.npy"))
+    assert len(stored) == 1, "POST /datasets wrote no pixel file for the .npz upload"
+    jobs = {
+        "built-in": (_job(client, {"builtin": "fashion-mnist:test:pad32"}), _pad32_test_split()),
+        "npz upload (float, compressed)": (_job(client, {"id": upload}), pixels),
+        "data-root npz": (_job(client, {"path": "set.npz"}), pixels),
+    }
+    for kind, (job_id, expected) in jobs.items():
+        target = _recorded_pixel_file(job_id)
+        assert target.is_file(), f"{kind}: no pixel file once POST /jobs answered"
+        written = target.stat()
+        shown, peak = _image(client, job_id, len(expected) - 1)
+        np.testing.assert_array_equal(shown, expected[-1], err_msg=kind)
+        assert (target.stat().st_ino, target.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+        assert peak < 2 * MIB, f"{kind}: the first request traced {peak / MIB:.1f} MiB"
+
+
+def test_a_built_in_is_decompressed_only_for_a_missing_pixel_file_and_only_for_an_accepted_job(
+    api: tuple[TestClient, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused POST /jobs writes no pixel file; an accepted one writes a missing one (one pass over the
+    built-in once its facts are known); once the file exists nothing decompresses the set again, not even
+    a new process whose facts cache is empty (the facts are read back from the pixel file)."""
+    import app.services.dataset_facts as dataset_facts
+    import app.services.pixel_files as pixel_files
+    from models.formats.records import builtin_image_chunks
+
+    passes: list[str] = []
+
+    def counted(spec: str, *, field: str) -> tuple[tuple[int, ...], Iterator[np.ndarray]]:
+        passes.append(spec)
+        return builtin_image_chunks(spec, field=field)
+
+    monkeypatch.setattr(dataset_facts, "builtin_image_chunks", counted)
+    monkeypatch.setattr(pixel_files, "builtin_image_chunks", counted)
+    (client, root), name = api, "fashion-mnist:test:pad32"
+    dataset_facts._SCANNED.pop(name, None)
+    body = {**tiny_job({"builtin": name}), "webhook_url": "http://127.0.0.1:9/hook"}  # refused last
+    refused = client.post("/jobs", json=body)
+    assert refused.status_code == 422 and "webhook_url" in refused.text, refused.text
+    folder = root.parent / "data" / "stores" / "pixels"
+    assert not folder.exists() or list(folder.iterdir()) == [], "a refused job left a pixel file"
+    assert passes == [name]  # its facts were scanned, nothing else
+    target = _recorded_pixel_file(_job(client, {"builtin": name}))
+    assert passes == [name, name] and target.is_file()
+    target.unlink()
+    passes.clear()
+    _job(client, {"builtin": name})  # facts cached, no pixel file (as in another data dir)
+    assert passes == [name] and target.is_file()
+    passes.clear()
+    _job(client, {"builtin": name})  # both there
+    dataset_facts._SCANNED.pop(name, None)
+    _job(client, {"builtin": name})  # a new process
+    assert passes == [], "a job whose built-in has a pixel file decompressed the set"
+
+
+def test_a_pixel_file_that_cannot_be_written_fails_neither_the_upload_nor_the_job(
+    api: tuple[TestClient, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while POST /datasets or POST /jobs writes a pixel file: both answer as usual, nothing
+    is left half-written, and the first image request writes the file instead."""
+    import errno
+
+    import app.services.pixel_files as pixel_files
+    from models.formats.records import write_pixel_file
+
+    def disk_full_after_one_chunk(path: Path, shape: tuple[int, ...], chunks: Iterator[np.ndarray]) -> None:
+        def failing() -> Iterator[np.ndarray]:
+            yield next(iter(chunks))
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        write_pixel_file(path, shape, failing())
+
+    monkeypatch.setattr(pixel_files, "write_pixel_file", disk_full_after_one_chunk)
+    client, root = api
+    pixels = _pixels(5_000)
+    jobs = {
+        "built-in": (_job(client, {"builtin": "fashion-mnist:test:pad32"}), _pad32_test_split()),
+        "npz upload": (_job(client, {"id": _upload(client, "u.npz", npz_bytes(pixels))}), pixels),
+    }
+    folder = root.parent / "data" / "stores" / "pixels"
+    assert not folder.exists() or list(folder.iterdir()) == [], "a partial pixel file was left behind"
+    for job_id, _ in jobs.values():
+        job = client.get(f"/jobs/{job_id}")
+        assert job.status_code == 200 and job.json()["state"] == "queued"
+    monkeypatch.undo()
+    for kind, (job_id, expected) in jobs.items():
+        shown, _ = _image(client, job_id, 7)
+        np.testing.assert_array_equal(shown, expected[7], err_msg=kind)
+        assert _recorded_pixel_file(job_id).is_file(), kind
