@@ -5,7 +5,7 @@ scores and labels inserted directly (no training), on the embedded SQLite databa
 
 1. the finishing step's work for the report: ``compute_evidence`` (exact chunked search, pixels, 784
    dims: the flagged samples against all 60000 training and 10000 held-out images) and keeping the
-   display copy of the plain-array training set (``keep_records``);
+   display copy of the plain-array training set (``keep_pixel_file``);
 2. ``build_report_data`` + ``render_report`` for that job, first call in a fresh process (cold: nothing
    cached) and then warm, with the number of bytes of HTML;
 3. for the ratio, what the report did before per request as its first step: load the training and
@@ -66,7 +66,7 @@ def _finish_step(job_id: str) -> tuple[float, float, int]:
 
     from app.db import Job, SampleScore, session_scope
     from app.services.evidence import evidence_file
-    from app.services.records import keep_records
+    from app.services.pixel_files import keep_pixel_file
     from app.settings import get_settings
     from models.builtin_datasets import load_builtin
     from models.evidence import compute_evidence
@@ -86,8 +86,8 @@ def _finish_step(job_id: str) -> tuple[float, float, int]:
     evidence_s = time.perf_counter() - started
     write_evidence(evidence_file(settings, job_id), evidence)
     started = time.perf_counter()
-    keep_records(settings, identity, train)
-    keep_records(settings, heldout_identity, heldout)
+    keep_pixel_file(settings, identity, train)
+    keep_pixel_file(settings, heldout_identity, heldout)
     return evidence_s, time.perf_counter() - started, len(evidence.sample_ids)
 
 

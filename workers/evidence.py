@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.services.errors import ServiceError
 from app.services.evidence import EVIDENCE_FILE
-from app.services.records import FACTS_OF, keep_records
+from app.services.pixel_files import FACTS_OF, keep_pixel_file
 from app.settings import get_settings
 from models.evidence import Evidence, EvidenceConfig, compute_evidence, save_evidence, with_copies
 from models.imageset import ImageSet
@@ -88,7 +88,8 @@ def job_evidence(
 
 def keep_display_copy(session: Session, job_spec: dict[str, Any], owner: str, field: str,
                       images: ImageSet) -> None:  # fmt: skip
-    """Plain arrays have no canonical store: keep a uint8 copy so the report reads single records."""
+    """Plain arrays have no canonical store: keep their pixel file (app/services/pixel_files.py) so the
+    report reads single records, and the job's own images stay readable if a data-root file changes."""
     from app.services.datasets import dataset_store_of
 
     settings = get_settings()
@@ -96,7 +97,7 @@ def keep_display_copy(session: Session, job_spec: dict[str, Any], owner: str, fi
     if not isinstance(identity, str) or dataset_store_of(job_spec[field], session, settings, owner, field):
         return
     try:
-        keep_records(settings, identity, images)
+        keep_pixel_file(settings, identity, images)
     except OSError as error:  # a display copy is an optimisation; the report falls back to loading
         log.warning("cannot keep the display copy of %s: %s", field, error)
 

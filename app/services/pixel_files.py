@@ -16,16 +16,21 @@ need one for the image route, as early as possible, so that no image request dec
 - the worker again when it plans the job, and the image route itself, if it is still missing.
 
 Every write but the image route's is best effort: a failure (a full disk) is logged, the file is not
-there, and the next reader writes it.
+there, and the next reader writes it. The finishing step, which has the images loaded anyway, also keeps
+the pixel file of every plain array (``keep_pixel_file``; an ``.npy`` too: a data-root file may change
+after the job, and the job's own images stay readable from the copy). Earlier versions kept that copy
+under ``stores/records/`` with the same name; it is still read there (``legacy_copy``), never written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from app.services.data_identity import dataset_identity
@@ -34,11 +39,12 @@ from app.services.datasets import data_root_paths, get_dataset, is_array_upload,
 from app.services.errors import NotFound, ServiceError
 from app.settings import Settings
 from models.formats.records import (
+    CHUNK_BYTES,
     builtin_image_chunks,
     npz_image_chunks,
     write_pixel_file,
 )
-from models.imageset import DataError
+from models.imageset import DataError, ImageSet
 
 log = logging.getLogger(__name__)
 FACTS_OF = {"dataset": "train", "heldout": "heldout"}  # a job's spec key -> its spec["facts"] key
@@ -46,6 +52,12 @@ FACTS_OF = {"dataset": "train", "heldout": "heldout"}  # a job's spec key -> its
 
 def pixel_file(settings: Settings, identity: str) -> Path:
     return settings.stores_dir / "pixels" / f"{_digest(identity)}.npy"
+
+
+def legacy_copy(settings: Settings, identity: str) -> Path:
+    """Where the finishing step kept the same copy before it became the pixel file (``stores/records/``,
+    same name): read if it exists, never written."""
+    return settings.stores_dir / "records" / f"{_digest(identity)}.npy"
 
 
 def _digest(identity: str) -> str:
@@ -127,3 +139,19 @@ def prepare_job_pixel_files(spec: dict[str, Any], session: Session, settings: Se
 def prepare_upload_pixel_file(dataset_id: str, session: Session, settings: Settings, owner: str) -> None:
     """``prepare_pixel_file`` for a stored upload (an .npz needs one; nothing else does)."""
     prepare_pixel_file({"id": dataset_id}, session, settings, owner, "file")
+
+
+def keep_pixel_file(settings: Settings, identity: str, images: ImageSet) -> Path:
+    """The pixel file of ``images`` (loaded from content ``identity``), written from them if missing."""
+    path = pixel_file(settings, identity)
+    if not path.is_file():
+        levels = images.as_uint8()  # (N, C, H, W); a view of a uint8 set
+        shown = levels[:, 0] if levels.shape[1] == 1 else levels.transpose(0, 2, 3, 1)
+        write_pixel_file(path, tuple(shown.shape), _row_chunks(shown))
+    return path
+
+
+def _row_chunks(rows: np.ndarray) -> Iterator[np.ndarray]:
+    per_chunk = max(1, CHUNK_BYTES // max(1, int(np.prod(rows.shape[1:]))))
+    for start in range(0, len(rows), per_chunk):
+        yield np.ascontiguousarray(rows[start:start + per_chunk])

@@ -32,6 +32,7 @@ from app.services.errors import NotFound
 from app.services.jobs import get_job
 from app.services.pixel_files import (
     FACTS_OF,
+    legacy_copy,
     needs_pixel_file,
     pixel_file,
     plain_array,
@@ -74,16 +75,13 @@ def prepare_sample_images(job: Job, session: Session, settings: Settings) -> Non
 
 
 def _snapshot(settings: Settings, identity: str, field: str) -> np.ndarray | None:
-    """A store, pixel file or display copy (app/services/records.py, kept by the finishing step) made from
-    exactly the content ``identity`` names, if one exists: a copy of the job's images that no later change
-    to the source can alter."""
-    from app.services.records import records_file  # records reads through this module
-
+    """A store or pixel file made from exactly the content ``identity`` names, if one exists: a copy of
+    the job's images that no later change to the source can alter."""
     try:
         store = store_dir(settings, identity, {})
         if is_store(store):
             return map_npy(store / IMAGES, field)
-        for copy in (pixel_file(settings, identity), records_file(settings, identity)):
+        for copy in (pixel_file(settings, identity), legacy_copy(settings, identity)):
             if copy.is_file():
                 return map_npy(copy, field)
         return None

@@ -215,8 +215,8 @@ def test_the_report_keeps_showing_the_jobs_held_out_images_after_the_file_change
 ) -> None:
     """The finishing step kept a display copy named by the recorded content identity (last in this module:
     it replaces the held-out file)."""
-    records = list((sqlite_stack.data_dir / "stores" / "records").glob("*.npy"))
-    assert len(records) >= 2  # the uploaded training set and the held-out file
+    copies = list((sqlite_stack.data_dir / "stores" / "pixels").glob("*.npy"))
+    assert len(copies) >= 2  # the uploaded training set and the held-out file
     replaced = digits_subset(30, offset=400)
     np.save(sqlite_stack.data_root / "evidence_heldout.npy", replaced, allow_pickle=False)
     held = _png(sqlite_stack, f"/jobs/{vae_job['id']}/heldout/{HELDOUT_TWIN}/image.png")

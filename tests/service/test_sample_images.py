@@ -161,16 +161,21 @@ def test_a_converted_folder_is_served_from_the_jobs_snapshot_after_the_folder_ch
     assert again.status_code == 200 and again.content == first.content
 
 
-def _recorded_pixel_file(job_id: str) -> Path:
-    """The pixel file named by the training-set identity the job recorded."""
+def _recorded_identity(job_id: str) -> str:
+    """The training-set content identity the job recorded."""
     from app.db import Job, get_sessionmaker
-    from app.services.pixel_files import pixel_file
-    from app.settings import get_settings
 
     with get_sessionmaker()() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        return pixel_file(get_settings(), job.spec["facts"]["train"]["identity"])
+        return str(job.spec["facts"]["train"]["identity"])
+
+
+def _recorded_pixel_file(job_id: str) -> Path:
+    from app.services.pixel_files import pixel_file
+    from app.settings import get_settings
+
+    return pixel_file(get_settings(), _recorded_identity(job_id))
 
 
 def _pad32_test_split() -> np.ndarray:
@@ -277,3 +282,36 @@ def test_a_pixel_file_that_cannot_be_written_fails_neither_the_upload_nor_the_jo
         shown, _ = _image(client, job_id, 7)
         np.testing.assert_array_equal(shown, expected[7], err_msg=kind)
         assert _recorded_pixel_file(job_id).is_file(), kind
+
+
+def test_the_finishing_steps_copy_is_the_image_routes_pixel_file(api: tuple[TestClient, Path]) -> None:
+    """One display copy per content: what the finishing step keeps from the loaded set (keep_pixel_file)
+    is byte for byte the pixel file POST /jobs wrote chunk by chunk (float RGB: rounded the same way), so
+    it is the same file; a copy an earlier version kept under stores/records/ is still served."""
+    import os
+
+    from app.db import get_sessionmaker
+    from app.services.datasets import load_dataset_spec
+    from app.services.pixel_files import keep_pixel_file, legacy_copy, pixel_file
+    from app.settings import LOCAL_OWNER, get_settings
+
+    client, root = api
+    floats = np.random.default_rng(3).random((300, 28, 28, 3), dtype=np.float32)
+    (root / "rgb.npz").write_bytes(npz_bytes(floats))
+    job_id = _job(client, {"path": "rgb.npz"})
+    target = _recorded_pixel_file(job_id)
+    written = target.stat()
+    settings = get_settings()
+    with get_sessionmaker()() as session:
+        images = load_dataset_spec({"path": "rgb.npz"}, session, settings, LOCAL_OWNER, "dataset")
+    assert keep_pixel_file(settings, "path:elsewhere", images).read_bytes() == target.read_bytes()
+    identity = _recorded_identity(job_id)
+    assert keep_pixel_file(settings, identity, images) == target == pixel_file(settings, identity)
+    assert target.stat().st_mtime_ns == written.st_mtime_ns, "the finishing step rewrote the pixel file"
+    shown, _ = _image(client, job_id, 5)
+    legacy = legacy_copy(settings, identity)
+    legacy.parent.mkdir(parents=True)
+    os.replace(target, legacy)  # a deployment whose finishing step kept it under stores/records/
+    (root / "rgb.npz").write_bytes(npz_bytes(floats[::-1].copy()))  # the source changes afterwards
+    again, _ = _image(client, job_id, 5)
+    np.testing.assert_array_equal(again, shown)
