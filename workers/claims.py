@@ -132,15 +132,23 @@ def record_progress(claim: UnitClaim, epoch: int, epochs: int, units_total: int)
             heartbeat_at=now,
         ):
             return False
-        done = int(session.scalar(select(Job.units_done).where(Job.id == claim.job_id)) or 0)
-        fraction = (done + epoch / max(epochs, 1)) / max(units_total, 1)
+        done, skipped = session.execute(
+            select(Job.units_done, Job.units_skipped).where(Job.id == claim.job_id)
+        ).one()
         position = {
             "unit": claim.index,
             "epoch": epoch,
             "epochs": epochs,
-            "fraction": round(min(fraction, 1.0), 4),
+            "fraction": job_fraction(int(done), int(skipped), units_total, epoch / max(epochs, 1)),
         }
         return guarded_update(session, Job, claim.job_id, when=RUNNING_JOB, progress=position, updated_at=now)
+
+
+def job_fraction(done: int, skipped: int, total: int, running: float = 0.0) -> float:
+    """The job's ``progress.fraction``: skipped units count as done (the adaptive stop decided they need
+    not run, so the job is as far along as if they had), ``running`` is the share of its epochs the
+    running unit has trained."""
+    return round(min((done + skipped + running) / max(total, 1), 1.0), 4)
 
 
 def release_unit(session: Session, claim: UnitClaim, *, give_back_attempt: bool) -> bool:
@@ -218,9 +226,10 @@ def _job_complete(session: Session, job_id: str) -> bool:
 
 def skip_remaining(session: Session, job_id: str) -> int:
     """The adaptive stop: every pending or running unit of the running job -> skipped, and the job's
-    units_skipped + n, in one transaction (commits). Returns n (0: nothing left, or another stop, a
-    cancel or a completing unit got there first). A running unit's run finds its claim gone at its next
-    epoch check and writes nothing. Enqueues the finishing step when this makes the job complete."""
+    units_skipped + n and its progress (skipped units count as done: ``job_fraction``), in one
+    transaction (commits). Returns n (0: nothing left, or another stop, a cancel or a completing unit got
+    there first). A running unit's run finds its claim gone at its next epoch check and writes nothing.
+    Enqueues the finishing step when this makes the job complete."""
     if session.scalar(select(Job.state).where(Job.id == job_id)) != JobState.RUNNING:
         session.rollback()
         return 0
@@ -234,8 +243,15 @@ def skip_remaining(session: Session, job_id: str) -> int:
         guarded_update(session, Unit, unit_id, when=open_states, to=UnitState.SKIPPED, finished_at=now)
         for unit_id in candidates
     )  # one guarded UPDATE per unit, in index order: the row locks are taken in one order by everyone
+    # No unit can complete or record progress any more (every open row is skipped and locked by this
+    # transaction), so these counts stay what they are until the commit.
+    done, already, total = session.execute(
+        select(Job.units_done, Job.units_skipped, Job.units_total).where(Job.id == job_id)
+    ).one()
+    progress = {"fraction": job_fraction(int(done), int(already) + skipped, int(total))}  # no unit runs now
     if not skipped or not guarded_update(
-        session, Job, job_id, when=RUNNING_JOB, units_skipped=Job.units_skipped + skipped, updated_at=now
+        session, Job, job_id, when=RUNNING_JOB, units_skipped=Job.units_skipped + skipped, progress=progress,
+        updated_at=now,
     ):
         session.rollback()  # nothing to skip, or the job stopped running meanwhile: change nothing
         return 0

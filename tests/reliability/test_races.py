@@ -442,3 +442,19 @@ def test_a_running_unit_the_stop_skipped_stops_at_its_next_epoch_check_and_write
     assert not (lab.artifacts / job_id / "unit-0003.npz").exists(), "the skipped unit wrote its artifact"
     assert lab.row(job_id)["units_done"] == 3
     _finishes_on_three_repetitions(lab, job_id)
+
+
+def test_the_progress_fraction_counts_the_units_the_stop_skipped_as_done(lab: Lab) -> None:
+    """The stop skips 2 of 5 units: from its transaction on the job shows fraction 1.0, not the 3/5 of
+    the units that ran until the finishing step jumps to 1.0; a unit's own progress counts them too."""
+    from workers import runner
+    from workers.claims import job_fraction
+
+    job_id = lab.new_job(**STOPPING)
+    lab.run_units(job_id, 0, 1)
+    assert lab.row(job_id)["progress"]["fraction"] <= 0.4  # 2 of 5 units (writes are throttled)
+    runner.run_unit(job_id, 2)  # completes the third repetition: the rule fires
+    assert _unit_states(lab, job_id) == ["done", "done", "done", "skipped", "skipped"]
+    assert lab.row(job_id)["progress"] == {"fraction": 1.0}, "the skipped units were not counted"
+    assert job_fraction(3, 2, 5) == 1.0 and job_fraction(2, 1, 5, running=0.5) == 0.7
+    _finishes_on_three_repetitions(lab, job_id)
