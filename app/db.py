@@ -1,7 +1,9 @@
 """Database: typed ORM tables and engine/session factories (built by functions, never at import).
 
 Tables are created only by Alembic (migrations/). The same schema runs on PostgreSQL (production,
-service tests) and SQLite (embedded default).
+service tests) and SQLite (embedded default), except where ``only_on`` says otherwise (sample_scores:
+partitioned on PostgreSQL since revision 0008); tests/service/test_schema_matches_orm.py holds the
+migrations and these tables to each other on both.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +21,7 @@ from sqlalchemy import (
     Engine,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     String,
@@ -33,6 +36,16 @@ from sqlalchemy.types import TypeDecorator
 
 from app.lifecycle import JobState, UnitState
 from app.settings import get_settings
+
+_Conditional = TypeVar("_Conditional", Index, ForeignKeyConstraint)
+
+
+def only_on(dialect: str, item: _Conditional) -> _Conditional:
+    """An index or constraint the migrations create on ``dialect`` only: ``ddl_if`` for DDL emitted from
+    this metadata, ``info["only_on"]`` for tests/service/test_schema_matches_orm.py, which compares the
+    migrated schema of each dialect with what applies to it here."""
+    item.info["only_on"] = dialect
+    return item.ddl_if(dialect=dialect)
 
 
 def utcnow() -> dt.datetime:
@@ -167,7 +180,13 @@ class SampleScore(Base):
     called copy_count before revision 0007) / rho instead. Non-finite values are stored as NULL."""
 
     __tablename__ = "sample_scores"
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    # The foreign key to jobs exists on SQLite only: revision 0008 partitions the table by job on
+    # PostgreSQL without it (the score writer checks the job row; jobs are never deleted). On SQLite it
+    # still deletes a job's scores with the job, like job_samples and tau_counts on both.
+    __table_args__ = (
+        only_on("sqlite", ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE")),
+    )
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     sample_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     log_p_in: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -212,11 +231,13 @@ class JobSample(Base):
 
 
 # Top-k by score for one job is a range scan of this index, no sort. NULL (= non-finite score)
-# sorts last: SQLite puts NULL lowest already; the migration adds NULLS LAST on PostgreSQL
-# (SQLite rejects that clause in an index), and queries use score_order() to match. On PostgreSQL
-# (revision 0008) the table is partitioned by job, this index is (score DESC NULLS LAST, sample_id) per
-# job partition and there is no foreign key to jobs (app/services/score_partitions.py).
-Index("ix_sample_scores_job_score", SampleScore.job_id, SampleScore.score.desc(), SampleScore.sample_id)
+# sorts last: SQLite puts NULL lowest already (and rejects NULLS LAST in an index), and queries use
+# score_order() to match. On PostgreSQL (revision 0008) the table is partitioned by job, so the index
+# leaves the job id out: each job's partition holds one leaf (app/services/score_partitions.py).
+only_on("sqlite", Index("ix_sample_scores_job_score", SampleScore.job_id, SampleScore.score.desc(),
+                        SampleScore.sample_id))  # fmt: skip
+only_on("postgresql", Index("ix_sample_scores_job_score", SampleScore.score.desc().nulls_last(),
+                            SampleScore.sample_id))  # fmt: skip
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
