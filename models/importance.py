@@ -144,8 +144,9 @@ def _chunk_log_weights(
     const = None if const is None else const[:, None, None]
     flat_z = z.reshape(n_models, batch * latents, -1)  # (E, b*s, Z)
     if cpu_cache and n_models > 1 and stack.decode_model(0, flat_z[:1, :1]) is not None:
+        workspace: list[torch.Tensor] = []
         for e in range(n_models):
-            params = stack.decode_model(e, flat_z[e : e + 1])
+            params = stack.decode_model(e, flat_z[e : e + 1], workspace)
             assert params is not None
             params = params.reshape(1, batch, latents, *params.shape[-2:])  # (1, b, s, P, D)
             member_sign = None if sign is None else _member(sign, e)
