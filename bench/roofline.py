@@ -174,7 +174,9 @@ def measure_config(
     ids = list(range(args.models))
     # importance sampling: N samples x S latents per model, about 2 GFLOP per batched pass
     is_n = args.is_samples_n or max(8, int(2e9 / (2 * cost.decoder_macs * cfg.is_samples * args.models)))
-    ctx = _ctx(cfg, max(is_n, args.models), args.models, 64)
+    is_n = max(is_n, args.models)  # K folds need K samples; every sample of ctx is evaluated and counted
+    ctx = _ctx(cfg, is_n, args.models, 64)
+    assert ctx.n_samples == is_n
     stacks = {"batched": _build_stack(ctx, ids, True), "sequential": _build_stack(ctx, [0], False)}
 
     def importance(kind: str) -> Callable[[], None]:
@@ -225,6 +227,7 @@ def _summarise(
         "decoder_macs": cost.decoder_macs,
         "encoder_macs": cost.encoder_macs,
         "parameters": cost.parameters,
+        "is_samples_evaluated": is_n,
     }
     for kind, models in (("batched", args.models), ("sequential", 1)):
         s = series[f"is-{kind}"]
@@ -232,6 +235,7 @@ def _summarise(
         flops = 2.0 * cost.decoder_macs * passes
         out[f"is_{kind}"] = {
             "models": models,
+            "decoder_passes": passes,
             "decoder_passes_per_s": passes / s.median("wall"),
             "gflops_wall": flops / s.median("wall") / 1e9,
             "fraction_of_peak_wall": s.fraction(flops, "wall"),
