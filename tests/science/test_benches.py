@@ -65,6 +65,9 @@ def test_roofline_quick_run_reports_every_ratio(tmp_path: Path) -> None:
     for key in ("is_batched", "is_sequential", "train_batched", "train_sequential"):
         assert row[key]["fraction_of_peak_wall"] > 0
     assert row["train_batched"]["bound_ms"] >= row["train_batched"]["compute_bound_ms"]
+    tb = row["train_batched"]
+    assert tb["adam_bound_ms"] > 0
+    assert tb["serial_bound_ms"] >= tb["compute_bound_ms"] + tb["adam_bound_ms"] - 1e-9
 
 
 def test_roofline_counts_every_sample_it_evaluates(tmp_path: Path) -> None:
