@@ -60,7 +60,7 @@ class PixelStore:
         """Rows `index` (a slice or an index tensor of any shape) as float intensities in [0, 1]."""
         rows = self.values[index]
         if self.is_uint8:
-            return rows.to(torch.get_default_dtype()) / _LEVELS
+            return torch.div(rows, _LEVELS)  # one pass: the cast to the default dtype happens inside
         return rows
 
 

@@ -43,10 +43,14 @@ class ModelStack(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def decode_model(self, e: int, z: torch.Tensor) -> torch.Tensor | None:
+    def decode_model(
+        self, e: int, z: torch.Tensor, workspace: list[torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
         """Model e's decoder alone, (1, B, Z) -> (1, B, P, D), where the stack can run one member
         without the others (importance sampling decodes model by model on CPU so that each model's
-        activations stay in cache); None where it cannot."""
+        activations stay in cache); None where it cannot. ``workspace``: activation buffers kept
+        between calls of the same shape (filled on the first call), so that every model of a chunk
+        writes into the same, already cached memory; the result lives in it until the next call."""
         return None
 
     def const_log_var(self) -> torch.Tensor | None:  # (E,) for gaussian_const
@@ -71,7 +75,9 @@ class SingleStack(ModelStack):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.decode(z[0]).unsqueeze(0)
 
-    def decode_model(self, e: int, z: torch.Tensor) -> torch.Tensor:
+    def decode_model(
+        self, e: int, z: torch.Tensor, workspace: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         return self.decode(z)
 
     def const_log_var(self) -> torch.Tensor | None:
@@ -91,9 +97,11 @@ class StackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
 
-    def member(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """Layer e alone: (1, B, in) -> (1, B, out)."""
-        return torch.baddbmm(self.bias[e : e + 1], x, self.weight[e : e + 1])
+    def member(self, e: int, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer e alone: (1, B, in) -> (1, B, out), written into ``out`` when given."""
+        if out is None:
+            return torch.baddbmm(self.bias[e : e + 1], x, self.weight[e : e + 1])
+        return torch.baddbmm(self.bias[e : e + 1], x, self.weight[e : e + 1], out=out)
 
 
 def _stacked_const_log_var(models: Sequence[VAE]) -> nn.Parameter | None:
@@ -137,11 +145,18 @@ class StackedMLPVAE(ModelStack):
             h = layer(h).relu_()
         return self.decoder_head(h).unflatten(-1, (self.planes, self.pixels))  # (E, B, P, D)
 
-    def decode_model(self, e: int, z: torch.Tensor) -> torch.Tensor:
+    def decode_model(
+        self, e: int, z: torch.Tensor, workspace: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        layers = [cast(StackedLinear, layer) for layer in self.decoder_layers] + [self.decoder_head]
+        if workspace is not None and (not workspace or workspace[0].shape[1] != z.shape[1]):
+            workspace[:] = [z.new_empty(1, z.shape[1], layer.weight.shape[2]) for layer in layers]
         h = z  # (1, B, Z)
-        for layer in self.decoder_layers:
-            h = cast(StackedLinear, layer).member(e, h).relu_()
-        return self.decoder_head.member(e, h).unflatten(-1, (self.planes, self.pixels))  # (1, B, P, D)
+        for i, layer in enumerate(layers):
+            h = layer.member(e, h, None if workspace is None else workspace[i])
+            if i < len(layers) - 1:
+                h.relu_()
+        return h.unflatten(-1, (self.planes, self.pixels))  # (1, B, P, D)
 
     def const_log_var(self) -> torch.Tensor | None:
         return self.log_var_param

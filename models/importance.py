@@ -144,8 +144,9 @@ def _chunk_log_weights(
     const = None if const is None else const[:, None, None]
     flat_z = z.reshape(n_models, batch * latents, -1)  # (E, b*s, Z)
     if cpu_cache and n_models > 1 and stack.decode_model(0, flat_z[:1, :1]) is not None:
+        workspace: list[torch.Tensor] = []
         for e in range(n_models):
-            params = stack.decode_model(e, flat_z[e : e + 1])
+            params = stack.decode_model(e, flat_z[e : e + 1], workspace)
             assert params is not None
             params = params.reshape(1, batch, latents, *params.shape[-2:])  # (1, b, s, P, D)
             member_sign = None if sign is None else _member(sign, e)
@@ -184,7 +185,7 @@ def importance_log_likelihood(
         x_all = repr_of(start, stop)  # (E|1, g, C, H, W)
         mean_all, log_var_all = stack.encode(x_all.expand(stack.n_models, -1, -1, -1, -1))  # (E, g, Z)
         x_all = x_all.flatten(2).unsqueeze(2)  # (E|1, g, 1, D)
-        sign_all = (1.0 - 2.0 * x_all) if likelihood == "bernoulli" else None
+        sign_all = torch.rsub(x_all, 1.0, alpha=2.0) if likelihood == "bernoulli" else None  # 1 - 2x
         eps_all = eps_of(start, stop)  # (E|1, g, S, Z)
         for a in range(0, stop - start, plan.sample_chunk):
             b = min(a + plan.sample_chunk, stop - start)

@@ -119,7 +119,8 @@ def negative_elbo(stack: ModelStack, x: torch.Tensor, eps: torch.Tensor, likelih
     z = mean + torch.exp(0.5 * log_var) * eps
     params = stack.decode(z)  # (E, b, P, D)
     if likelihood == "bernoulli":
-        log_px = bernoulli_log_prob_signed(params[..., 0, :], 1.0 - 2.0 * x.flatten(2))
+        # flatten, not params[..., 0, :]: a view's backward is a view, a select's writes a zero tensor
+        log_px = bernoulli_log_prob_signed(params.flatten(-2), torch.rsub(x.flatten(2), 1.0, alpha=2.0))
     else:
         const = stack.const_log_var()
         log_px = decoder_log_prob(params, x.flatten(2), likelihood, None if const is None else const[:, None])

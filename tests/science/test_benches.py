@@ -65,3 +65,24 @@ def test_roofline_quick_run_reports_every_ratio(tmp_path: Path) -> None:
     for key in ("is_batched", "is_sequential", "train_batched", "train_sequential"):
         assert row[key]["fraction_of_peak_wall"] > 0
     assert row["train_batched"]["bound_ms"] >= row["train_batched"]["compute_bound_ms"]
+    tb = row["train_batched"]
+    assert tb["adam_bound_ms"] > 0
+    assert tb["serial_bound_ms"] >= tb["compute_bound_ms"] + tb["adam_bound_ms"] - 1e-9
+
+
+def test_roofline_counts_every_sample_it_evaluates(tmp_path: Path) -> None:
+    """K folds need K samples, so with fewer asked for than models the pass evaluates K of them: the
+    passes counted must be the passes run (an earlier version counted 8 of the 10 samples at 784 px and
+    under-reported importance sampling by 20%)."""
+    out = tmp_path / "roofline.json"
+    threads = torch.get_num_threads()
+    try:
+        args = ["--quick", "--threads", "1", "--configs", "mlp-64px", "--models", "6", "--is-samples-n", "4",
+                "--json", str(out)]  # fmt: skip
+        assert roofline.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    row = json.loads(out.read_text())["configs"][0]
+    assert row["is_samples_evaluated"] == 6
+    assert row["is_batched"]["decoder_passes"] == 6 * 6 * row["is_samples"]
+    assert row["is_sequential"]["decoder_passes"] == 1 * 6 * row["is_samples"]
