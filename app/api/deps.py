@@ -13,7 +13,8 @@ from app.services.auth import authenticate
 from app.settings import Settings, get_settings
 
 
-def settings_dep() -> Settings:
+async def settings_dep() -> Settings:
+    # async: it does no I/O, and a sync dependency costs a threadpool round trip per request
     return get_settings()
 
 

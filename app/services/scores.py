@@ -25,11 +25,32 @@ SortOrder = Literal["score_desc", "score_asc", "sample_id"]
 Cursor = tuple[float | None, int]
 
 
+class ScoreRow(NamedTuple):
+    """The columns of a sample_scores row that reads present (not ``extra``), as a plain tuple: reads
+    never modify scores, and mapping 100 ORM objects per request was the largest part of a top-100
+    request's time (docs/benchmarks.md)."""
+
+    job_id: str
+    sample_id: int
+    score: float | None
+    log_p_in: float | None
+    log_p_out: float | None
+    n_in: int | None
+    n_out: int | None
+    rank: int | None
+    rho: float | None
+    nearest_copy_count: float | None
+    score_se: float | None
+    score_lo: float | None
+    score_hi: float | None
+    within_tau_count: float | None
+
+
 class ScoredSample(NamedTuple):
-    """A score row with the sample's key and label (job_samples, outer-joined: None when it has none).
+    """A score row with the sample's key and label (job_samples, looked up: None when it has none).
     The row's own columns read through (``scored.score``, ``scored.sample_id``)."""
 
-    row: SampleScore
+    row: ScoreRow
     key: str | None
     label: str | None
 
@@ -37,12 +58,18 @@ class ScoredSample(NamedTuple):
         return getattr(self.row, name)
 
 
-def _scored() -> Any:  # a Select of (SampleScore, key, label)
-    return select(SampleScore, sample_text("key"), sample_text("label"))
+_ROW_WIDTH = len(ScoreRow._fields)
+
+
+def _scored() -> Any:  # a Select of ScoreRow's columns, then key and label
+    columns = SampleScore.__table__.c
+    return select(*(columns[name] for name in ScoreRow._fields), sample_text("key"), sample_text("label"))
 
 
 def _scored_rows(session: Session, query: Any) -> list[ScoredSample]:
-    return [ScoredSample(row, key, label) for row, key, label in session.execute(query)]
+    make = ScoreRow._make
+    return [ScoredSample(make(row[:_ROW_WIDTH]), row[_ROW_WIDTH], row[_ROW_WIDTH + 1])
+            for row in session.execute(query).tuples()]  # fmt: skip
 
 
 def latest_scored_job(session: Session, owner: str) -> Job:
@@ -73,7 +100,7 @@ def top_scores(session: Session, job_id: str, top: int) -> list[ScoredSample]:
     return _scored_rows(session, top_query(session, job_id, top))
 
 
-def encode_cursor(row: SampleScore) -> str:
+def encode_cursor(row: ScoreRow) -> str:
     """The position after ``row``: its score's IEEE-754 bits (``n`` when not finite) and sample id.
 
     Every string of this shape (patterns.CURSOR, published in /openapi.json) is a valid position, so a
