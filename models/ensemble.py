@@ -36,6 +36,7 @@ class ModelStack(nn.Module):
     latent: int
     planes: int
     decoder_floats: int  # per model and decoded latent, see VAE.decoder_floats
+    decodes_by_model: bool = False  # decode_model is available
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -45,13 +46,13 @@ class ModelStack(nn.Module):
 
     def decode_model(
         self, e: int, z: torch.Tensor, workspace: list[torch.Tensor] | None = None
-    ) -> torch.Tensor | None:
-        """Model e's decoder alone, (1, B, Z) -> (1, B, P, D), where the stack can run one member
-        without the others (importance sampling decodes model by model on CPU so that each model's
-        activations stay in cache); None where it cannot. ``workspace``: activation buffers kept
-        between calls of the same shape (filled on the first call), so that every model of a chunk
-        writes into the same, already cached memory; the result lives in it until the next call."""
-        return None
+    ) -> torch.Tensor:
+        """Model e's decoder alone, (1, B, Z) -> (1, B, P, D), for stacks with ``decodes_by_model``
+        (importance sampling decodes model by model on CPU so that each model's activations stay in
+        cache). ``workspace``: activation buffers kept between calls of the same shape (filled on the
+        first call), so that every model of a chunk writes into the same, already cached memory; the
+        result lives in it until the next call."""
+        raise NotImplementedError
 
     def const_log_var(self) -> torch.Tensor | None:  # (E,) for gaussian_const
         raise NotImplementedError
@@ -74,11 +75,6 @@ class SingleStack(ModelStack):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.decode(z[0]).unsqueeze(0)
-
-    def decode_model(
-        self, e: int, z: torch.Tensor, workspace: list[torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        return self.decode(z)
 
     def const_log_var(self) -> torch.Tensor | None:
         param = self.model.const_log_var
@@ -112,6 +108,8 @@ def _stacked_const_log_var(models: Sequence[VAE]) -> nn.Parameter | None:
 
 
 class StackedMLPVAE(ModelStack):
+    decodes_by_model = True
+
     def __init__(self, models: Sequence[MLPVAE]) -> None:
         super().__init__()
         first = models[0]

@@ -143,11 +143,10 @@ def _chunk_log_weights(
     const = stack.const_log_var()
     const = None if const is None else const[:, None, None]
     flat_z = z.reshape(n_models, batch * latents, -1)  # (E, b*s, Z)
-    if cpu_cache and n_models > 1 and stack.decode_model(0, flat_z[:1, :1]) is not None:
+    if cpu_cache and n_models > 1 and stack.decodes_by_model:
         workspace: list[torch.Tensor] = []
         for e in range(n_models):
             params = stack.decode_model(e, flat_z[e : e + 1], workspace)
-            assert params is not None
             params = params.reshape(1, batch, latents, *params.shape[-2:])  # (1, b, s, P, D)
             member_sign = None if sign is None else _member(sign, e)
             member_const = None if const is None else const[e : e + 1]
